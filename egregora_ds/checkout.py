@@ -1,0 +1,121 @@
+"""`egds checkout`: manifest -> verified objects -> the exact pickle cache, written atomically."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from .cache import encode_json, file_digests, read_cache, write_cache
+from .errors import CacheError, CorruptObject, UnsavedWork
+from .ids import JSON, PARQUET, hash_bytes, short
+from .model import Manifest
+from .parquet_io import read_partition
+from .progress import Progress
+from .rebuild import rebuild_chunks, rebuild_embeddings
+from .results import CheckoutResult
+from .table import EMBEDDING, content_hash
+
+if TYPE_CHECKING:
+    from .repo import Repository
+
+READER_THREADS = 2
+
+
+def checkout(repo: Repository, rev: str, cache: Path, *, force: bool, progress: Progress) -> CheckoutResult:
+    manifest_id, manifest = repo.resolve(rev)
+    with repo.store.locked():
+        digests = file_digests(cache)
+        stamp = repo.cache_stamp(cache)
+        if digests is not None and stamp is not None and stamp[1] == digests and stamp[0] == manifest_id:
+            return _result(manifest_id, manifest, cache, 0, already_current=True)
+        if digests is not None and not force:
+            _refuse_unsaved_work(repo, cache, digests, stamp)
+        tables, bytes_read = read_version_tables(repo, manifest, progress)
+        embeddings = rebuild_embeddings(tables, manifest.row_order, manifest.rows, manifest.dim, manifest.dtype)
+        tables = [t.drop_columns([EMBEDDING]) for t in tables]
+        chunks = rebuild_chunks(tables, manifest.row_order)
+        del tables
+        extras = load_extras(repo, manifest)
+        metadata = {"chunks": chunks, **extras.get("metadata", {})}
+        index_bytes = repo.store.read_object(manifest.index, JSON, "index.json") if manifest.index else None
+        new_digests = write_cache(cache, embeddings, extras.get("pickle", {}), encode_json(metadata), index_bytes)
+        repo.set_cache_stamp(cache, manifest_id, new_digests)
+    return _result(manifest_id, manifest, cache, bytes_read)
+
+
+def _result(manifest_id: str, manifest: Manifest, cache: Path, bytes_read: int, already_current: bool = False) -> CheckoutResult:
+    return CheckoutResult(
+        version=manifest.version,
+        id=manifest_id,
+        cache=str(cache),
+        rows=manifest.rows,
+        partitions=len(manifest.partitions),
+        bytes_read=bytes_read,
+        already_current=already_current,
+    )
+
+
+def read_version_tables(repo: Repository, manifest: Manifest, progress: Progress) -> tuple[list[pa.Table], int]:
+    """Every partition of a version as an Arrow table, each object re-hashed and its content re-derived."""
+    progress.begin("reading partitions", sum(p.bytes for p in manifest.partitions), unit="bytes")
+
+    def read(entry: Any) -> pa.Table:
+        where = f"partition {entry.key} of version {manifest.version}"
+        data = repo.store.read_object(entry.object, PARQUET, where)
+        table = read_partition(data)
+        if table.num_rows != entry.rows or content_hash(table) != entry.content_hash:
+            raise CorruptObject(
+                f"object {short(entry.object)}.parquet ({where}) decodes to content that differs from the manifest; "
+                "nothing was written"
+            )
+        progress.advance(entry.bytes)
+        return table
+
+    with ThreadPoolExecutor(max_workers=READER_THREADS) as pool:
+        tables = list(pool.map(read, manifest.partitions))
+    progress.end()
+    return tables, sum(p.bytes for p in manifest.partitions)
+
+
+def load_extras(repo: Repository, manifest: Manifest) -> dict[str, Any]:
+    if manifest.extras is None:
+        return {}
+    data = repo.store.read_object(manifest.extras, JSON, f"extras of version {manifest.version}")
+    return json.loads(data)
+
+
+def cache_matches_version(repo: Repository, cache: Path) -> str | None:
+    """The id of a recorded version whose content equals the cache's, or None (slow: parses the cache)."""
+    from .snapshot import Fingerprint, analyse_cache
+
+    contents = read_cache(cache)
+    partitioned, extras = analyse_cache(contents, repo.config.partitioning, allow_nonfinite=True)
+    mine = Fingerprint.of_cache(
+        partitioned,
+        hash_bytes(extras) if extras is not None else None,
+        hash_bytes(contents.index_bytes) if contents.index_bytes is not None else None,
+    )
+    for manifest_id in repo.store.manifest_ids():
+        if Fingerprint.of_manifest(repo.manifest(manifest_id)) == mine:
+            return manifest_id
+    return None
+
+
+def _refuse_unsaved_work(
+    repo: Repository, cache: Path, digests: dict[str, str | None], stamp: tuple[str, dict[str, str | None]] | None
+) -> None:
+    if stamp is not None and stamp[1] == digests:
+        return  # the cache is exactly a version we wrote or recorded
+    try:
+        if cache_matches_version(repo, cache) is not None:
+            return
+        reason = "holds changes that no version records"
+    except CacheError as exc:
+        reason = f"cannot be read ({exc})"
+    raise UnsavedWork(
+        f"the cache at {cache} {reason}; run `egds snapshot` to save it first, or pass --force to overwrite it"
+    )

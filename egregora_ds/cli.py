@@ -1,0 +1,278 @@
+"""`egds`: parse arguments, make one API call, render the result. No logic of its own.
+
+Errors: every `EgdsError` becomes one line on stderr and its exit code; anything else is a bug
+and is shown as one line too, unless EGDS_DEBUG=1 asks for the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import EgdsError
+from .repo import DEFAULT_CACHE, DEFAULT_MODEL, Repository
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Versioned, content-addressed embeddings datasets.")
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+T = TypeVar("T")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+Rev = Annotated[str, typer.Argument(help="latest, vN, N, a tag, an id prefix, REV~K or @YYYY-MM-DD[THH:MM].")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Cache directory (default: the one set at init).")]
+
+
+class _State:
+    directory: Path = Path(".")
+
+
+state = _State()
+
+
+@app.callback()
+def _main(
+    directory: Annotated[Path, typer.Option("-C", help="Run as if egds was started in DIR.")] = Path("."),
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"egds {__version__}")
+        raise typer.Exit()
+    state.directory = directory
+
+
+def _repo() -> Repository:
+    return Repository.open(state.directory)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
+
+
+class _RichProgress:
+    """Adapts the API's Progress protocol to a rich bar on stderr (hidden when not a terminal)."""
+
+    def __init__(self) -> None:
+        self._bar: Progress | None = None
+        self._task: Any = None
+
+    def begin(self, description: str, total: int | None, unit: str = "items") -> None:
+        amount = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), amount, TimeRemainingColumn(),
+                             console=err, transient=True, disable=not err.is_terminal)
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total)
+
+    def advance(self, amount: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, amount)
+
+    def end(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _run(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except EgdsError as exc:
+        err.print(f"egds: error: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("egds: interrupted; nothing was left half-written")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for those who ask
+        if os.environ.get("EGDS_DEBUG"):
+            raise
+        err.print(f"egds: internal error: {type(exc).__name__}: {exc} (set EGDS_DEBUG=1 for a traceback, and please report it)",
+                  markup=False, soft_wrap=True)
+        raise typer.Exit(70) from None
+
+
+@app.command()
+def init(
+    cache: Annotated[str, typer.Option("--cache", help="The pipeline's cache directory.")] = DEFAULT_CACHE,
+    partition: Annotated[str, typer.Option("--partition", help="month, quarter or year.")] = "month",
+    model: Annotated[str, typer.Option("--model", help="Embedding model name recorded in every version.")] = DEFAULT_MODEL,
+) -> None:
+    """Create a repository (.egds/) in the current directory."""
+    repo = _run(lambda: Repository.init(state.directory, cache=cache, partitioning=partition, model=model))
+    out.print(f"Initialised egds repository in {repo.store.root} (cache {repo.config.cache}, {partition}ly partitions)")
+
+
+@app.command()
+def snapshot(
+    message: Annotated[str, typer.Option("-m", "--message", help="What changed.")] = "",
+    allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="Store NaN/Inf vectors as they are.")] = False,
+    new_model: Annotated[bool, typer.Option("--new-model", help="Accept a dimension or model different from the parent's.")] = False,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name for this version (with --new-model).")] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Record the cache as a new version (only changed partitions are written)."""
+    repo = _run(_repo)
+    result = _run(lambda: repo.snapshot(message, allow_nonfinite=allow_nonfinite, new_model=new_model, model=model,
+                                        progress=_RichProgress()))
+    if json:
+        return _print_json(result)
+    if not result.created:
+        if result.version is None:
+            out.print("Nothing to record.")
+        else:
+            out.print(f"Nothing changed since v{result.version} ({result.id[:12]}); no new version.")  # type: ignore[index]
+        return
+    p = result.partitions
+    out.print(f"Recorded v{result.version} ({result.id[:12]}): {result.rows} rows, "  # type: ignore[index]
+              f"{p.written} partitions written ({_size(result.bytes_written)}), {p.reused} reused")
+
+
+@app.command()
+def log(json: JsonFlag = False, limit: Annotated[Optional[int], typer.Option("-n", "--limit")] = None) -> None:
+    """List versions, newest first."""
+    entries = _run(lambda: _repo().log(limit))
+    if json:
+        return _print_json(entries)
+    table = Table("version", "id", "created (UTC)", "rows", "parts", "message", box=None)
+    for e in entries:
+        tags = f" [{', '.join(e.tags)}]" if e.tags else ""
+        table.add_row(f"v{e.version}", e.id[:12], e.created_at.strftime("%Y-%m-%d %H:%M:%S"), str(e.rows),
+                      str(e.partitions), e.message + tags)
+    out.print(table if entries else "No versions yet; run `egds snapshot`.")
+
+
+@app.command()
+def show(rev: Rev = "latest", json: JsonFlag = False) -> None:
+    """Show one version's manifest."""
+    manifest_id, m = _run(lambda: _repo().show(rev))
+    if json:
+        return _print_json({"id": manifest_id, "manifest": m})
+    out.print(f"v{m.version}  {manifest_id}\nparent   {m.parent or '-'}\ncreated  {m.created_at.isoformat()}\n"
+              f"message  {m.message}\nmodel    {m.model} (dim {m.dim}, {m.dtype})\nrows     {m.rows} in "
+              f"{len(m.partitions)} {m.partitioning} partitions")
+    table = Table("partition", "object", "rows", "size", "chunk ids", box=None)
+    for p in m.partitions:
+        table.add_row(p.key, p.object[:12], str(p.rows), _size(p.bytes), f"{p.min_chunk_id}..{p.max_chunk_id}")
+    out.print(table)
+
+
+@app.command()
+def tag(name: str, rev: Rev = "latest", force: Annotated[bool, typer.Option("--force")] = False, json: JsonFlag = False) -> None:
+    """Name a version."""
+    result = _run(lambda: _repo().tag(name, rev, force=force))
+    if json:
+        return _print_json(result)
+    out.print(f"Tagged v{result.version} ({result.id[:12]}) as {result.tag}")
+
+
+@app.command()
+def checkout(
+    rev: Rev = "latest",
+    cache: CacheOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite a cache with unsaved changes.")] = False,
+    json: JsonFlag = False,
+) -> None:
+    """Rebuild the pickle cache of a version, bit for bit."""
+    repo = _run(_repo)
+    result = _run(lambda: repo.checkout(rev, cache, force=force, progress=_RichProgress()))
+    if json:
+        return _print_json(result)
+    if result.already_current:
+        out.print(f"{result.cache} already holds v{result.version}.")
+    else:
+        out.print(f"Checked out v{result.version} ({result.id[:12]}) into {result.cache}: {result.rows} rows")
+
+
+@app.command()
+def status(cache: CacheOpt = None, json: JsonFlag = False) -> None:
+    """Compare the cache with the latest version, partition by partition."""
+    result = _run(lambda: _repo().status(cache))
+    if json:
+        return _print_json(result)
+    where = f"v{result.version}" if result.version else "no version yet"
+    if result.clean:
+        out.print(f"Cache {result.cache} matches {where}; nothing to snapshot.")
+        return
+    out.print(f"Cache {result.cache} against {where}:")
+    p = result.partitions
+    for label, keys in (("changed", p.changed), ("added", p.added), ("removed", p.removed)):
+        if keys:
+            out.print(f"  {label:9} {', '.join(keys)}")
+    for flag, label in ((result.index_changed, "index.json changed"), (result.extras_changed, "extra keys changed"),
+                        (result.order_changed, "row order changed"), (result.model_changed, "dimension or dtype changed")):
+        if flag:
+            out.print(f"  {label}")
+    out.print(f"  unchanged {len(p.unchanged)} partitions. Run `egds snapshot` to record.")
+
+
+@app.command()
+def diff(a: Rev, b: Rev = "latest", ids: Annotated[bool, typer.Option("--ids", help="List chunk ids.")] = False,
+         json: JsonFlag = False) -> None:
+    """What changed between two versions: partitions and chunks."""
+    result = _run(lambda: _repo().diff(a, b, ids=ids))
+    if json:
+        return _print_json(result)
+    p, c = result.partitions, result.chunks
+    out.print(f"{a} ({result.a[:12]}) -> {b} ({result.b[:12]})")
+    out.print(f"partitions: {len(p.added)} added {p.added or ''}, {len(p.removed)} removed {p.removed or ''}, "
+              f"{len(p.changed)} changed {p.changed or ''}")
+    out.print(f"chunks: {c.added} added, {c.removed} removed, {c.text_changed} text changed, "
+              f"{c.embedding_changed} embedding changed")
+    if result.ids is not None:
+        for field in ("added", "removed", "text_changed", "embedding_changed"):
+            out.print(f"  {field}: {getattr(result.ids, field)}")
+
+
+@app.command()
+def verify(deep: Annotated[bool, typer.Option("--deep", help="Also decode every Parquet object.")] = False,
+           json: JsonFlag = False) -> None:
+    """Re-hash every object and manifest; check refs and the version chain."""
+    repo = _run(_repo)
+    report = _run(lambda: repo.verify(deep=deep, progress=_RichProgress()))
+    if json:
+        _print_json(report)
+    else:
+        for note in report.notes:
+            out.print(f"note: {note}", markup=False)
+        for problem in report.problems:
+            err.print(f"problem: {problem}", markup=False)
+        verdict = "OK" if report.ok else f"{len(report.problems)} problems"
+        out.print(f"{verdict}: {report.objects} objects ({_size(report.bytes)}), {report.manifests} manifests checked")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
+       json: JsonFlag = False) -> None:
+    """Delete objects and manifests that no ref reaches, and leftover temp files."""
+    result = _run(lambda: _repo().gc(dry_run=dry_run))
+    if json:
+        return _print_json(result)
+    verb = "Would delete" if dry_run else "Deleted"
+    out.print(f"{verb} {len(result.objects)} objects, {len(result.manifests)} manifests, "
+              f"{len(result.temp_files)} temp files ({_size(result.bytes_freed)})")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

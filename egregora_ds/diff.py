@@ -1,0 +1,142 @@
+"""`egds status` (cache vs latest) and `egds diff A B` (version vs version, down to chunks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .cache import file_digests, read_cache
+from .ids import PARQUET, hash_bytes
+from .model import Manifest, PartitionEntry
+from .parquet_io import read_partition
+from .results import DiffChunks, DiffIds, DiffPartitions, DiffResult, PartitionStatus, StatusResult
+from .table import CHUNK_ID, EMBEDDING, EXTRA
+
+if TYPE_CHECKING:
+    from .repo import Repository
+
+
+def compare_partitions(
+    old: dict[str, str], new: dict[str, str]
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(unchanged, changed, added, removed) keys between two `key -> content hash` maps (pure)."""
+    unchanged = sorted(k for k in new if k in old and old[k] == new[k])
+    changed = sorted(k for k in new if k in old and old[k] != new[k])
+    added = sorted(k for k in new if k not in old)
+    removed = sorted(k for k in old if k not in new)
+    return unchanged, changed, added, removed
+
+
+def _hashes(manifest: Manifest | None) -> dict[str, str]:
+    return {p.key: p.content_hash for p in manifest.partitions} if manifest else {}
+
+
+def status(repo: Repository, cache: Path) -> StatusResult:
+    from .snapshot import analyse_cache
+
+    head = repo.head()
+    latest = repo.manifest(head) if head else None
+    stamp = repo.cache_stamp(cache)
+    if latest is not None and stamp is not None and stamp[0] == head and file_digests(cache) == stamp[1]:
+        keys = [p.key for p in latest.partitions]
+        return StatusResult(
+            version=latest.version, id=head, cache=str(cache), clean=True, rows=latest.rows,
+            partitions=PartitionStatus(unchanged=keys, changed=[], added=[], removed=[]),
+            index_changed=False, extras_changed=False, order_changed=False, model_changed=False,
+        )
+    contents = read_cache(cache)
+    partitioned, extras = analyse_cache(contents, repo.config.partitioning, allow_nonfinite=True)
+    extras_id = hash_bytes(extras) if extras is not None else None
+    index_id = hash_bytes(contents.index_bytes) if contents.index_bytes is not None else None
+    unchanged, changed, added, removed = compare_partitions(
+        _hashes(latest), {p.key: p.content_hash for p in partitioned.partitions}
+    )
+    index_changed = latest is not None and latest.index != index_id or latest is None and index_id is not None
+    extras_changed = latest is not None and latest.extras != extras_id or latest is None and extras_id is not None
+    order_changed = latest is not None and latest.row_order != partitioned.row_order
+    model_changed = latest is not None and (latest.dim != partitioned.dim or latest.dtype != partitioned.dtype)
+    clean = latest is not None and not (changed or added or removed or index_changed or extras_changed or order_changed or model_changed)
+    return StatusResult(
+        version=latest.version if latest else None,
+        id=head,
+        cache=str(cache),
+        clean=clean,
+        rows=partitioned.rows,
+        partitions=PartitionStatus(unchanged=unchanged, changed=changed, added=added, removed=removed),
+        index_changed=index_changed,
+        extras_changed=extras_changed,
+        order_changed=order_changed,
+        model_changed=model_changed,
+    )
+
+
+def diff(repo: Repository, rev_a: str, rev_b: str, *, with_ids: bool) -> DiffResult:
+    id_a, a = repo.resolve(rev_a)
+    id_b, b = repo.resolve(rev_b)
+    _, changed, added, removed = compare_partitions(_hashes(a), _hashes(b))
+    touched = set(changed) | set(added) | set(removed)
+    # Chunks in unchanged partitions are identical in both versions; only the rest need reading.
+    old = _chunk_table(repo, [p for p in a.partitions if p.key in touched])
+    new = _chunk_table(repo, [p for p in b.partitions if p.key in touched])
+    ids = _diff_chunks(old, new)
+    return DiffResult(
+        a=id_a,
+        b=id_b,
+        partitions=DiffPartitions(added=added, removed=removed, changed=changed),
+        chunks=DiffChunks(*(len(v) for v in ids)),
+        ids=DiffIds(*(v.tolist() for v in ids)) if with_ids else None,
+    )
+
+
+def _chunk_table(repo: Repository, entries: list[PartitionEntry]) -> pa.Table:
+    """chunk_id, text and embedding of the given partitions, verified on read."""
+    tables = []
+    for entry in entries:
+        table = read_partition(repo.store.read_object(entry.object, PARQUET, f"partition {entry.key}"))
+        tables.append(pa.table({CHUNK_ID: table.column(CHUNK_ID), "text": _text_column(table), EMBEDDING: table.column(EMBEDDING)}))
+    if not tables:
+        return pa.table({CHUNK_ID: pa.array([], pa.int64()), "text": pa.array([], pa.string())})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _text_column(table: pa.Table) -> pa.ChunkedArray | pa.Array:
+    if "text" in table.column_names:
+        return table.column("text")
+    # This partition keeps `text` in the extra JSON (some chunk had no text or a non-string one).
+    extra = table.column(EXTRA).to_pylist()
+    return pa.array([json.dumps(json.loads(e).get("text")) if e else None for e in extra], pa.string())
+
+
+def _diff_chunks(old: pa.Table, new: pa.Table) -> tuple[np.ndarray, ...]:
+    old_ids = old.column(CHUNK_ID).to_numpy()
+    new_ids = new.column(CHUNK_ID).to_numpy()
+    added = np.setdiff1d(new_ids, old_ids)
+    removed = np.setdiff1d(old_ids, new_ids)
+    common, old_rows, new_rows = np.intersect1d(old_ids, new_ids, assume_unique=True, return_indices=True)
+    if len(common) == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return added, removed, empty, empty
+    old_text = old.column("text").take(pa.array(old_rows))
+    new_text = new.column("text").take(pa.array(new_rows))
+    same_text = pc.fill_null(pc.equal(old_text, new_text), False).to_numpy(zero_copy_only=False)
+    same_text |= (pc.is_null(old_text).to_numpy(zero_copy_only=False) & pc.is_null(new_text).to_numpy(zero_copy_only=False))
+    old_vectors = _vectors(old)[old_rows]
+    new_vectors = _vectors(new)[new_rows]
+    if old_vectors.shape[1] != new_vectors.shape[1] or old_vectors.dtype != new_vectors.dtype:
+        vector_changed = np.ones(len(common), dtype=bool)
+    else:
+        # Compare bit patterns: NaN == NaN and -0.0 != 0.0, as a byte-exact store should.
+        bits = np.dtype(f"<u{old_vectors.dtype.itemsize}")
+        vector_changed = (old_vectors.view(bits) != new_vectors.view(bits)).any(axis=1)
+    return added, removed, common[~same_text], common[vector_changed]
+
+
+def _vectors(table: pa.Table) -> np.ndarray:
+    column = table.column(EMBEDDING).combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)

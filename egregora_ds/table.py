@@ -1,0 +1,321 @@
+"""Cache <-> Arrow: typed columns, time partitions, the canonical content hash.
+
+Only this module and `parquet_io` touch pyarrow on the hot path. The per-row Python work is
+one list comprehension per column (decoding JSON already produced the dicts); everything else
+is vectorised, and the embedding column is a zero-copy view of the cache's array.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Sequence
+
+import blake3
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .cache import CacheContents
+from .errors import CacheError, NonFiniteEmbeddings
+from .model import OrderRun
+from .partitioning import order_runs, period_keys, rows_by_partition
+
+CHUNK_ID = "chunk_id"
+DATE = "newsletter_date"
+EXTRA = "extra"
+EMBEDDING = "embedding"
+#: Optional chunk fields stored as typed columns, in the order they are written back.
+TYPED_FIELDS: dict[str, tuple[pa.DataType, type]] = {
+    "newsletter_path": (pa.string(), str),
+    "section_title": (pa.string(), str),
+    "text": (pa.string(), str),
+    "char_count": (pa.int64(), int),
+    "chunk_index_in_newsletter": (pa.int64(), int),
+}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_MISSING = object()
+_ARROW_FLOATS = {2: pa.float16(), 4: pa.float32(), 8: pa.float64()}
+CONTENT_HASH_TAG = b"egds-content-v1\n"
+
+
+@dataclass(frozen=True)
+class PartitionTable:
+    key: str
+    table: pa.Table
+    content_hash: str
+    min_chunk_id: int
+    max_chunk_id: int
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
+
+@dataclass(frozen=True)
+class PartitionedCache:
+    partitions: list[PartitionTable]
+    row_order: tuple[OrderRun, ...]
+    rows: int
+    dim: int
+    dtype: str
+    """The cache array's dtype string (`<f4`); stored little-endian, restored to this."""
+
+
+def _where(chunks: Sequence[dict[str, Any]], row: int) -> str:
+    chunk_id = chunks[row].get(CHUNK_ID) if isinstance(chunks[row], dict) else None
+    return f"metadata.json: chunks[{row}]" + (f" (chunk_id {chunk_id})" if chunk_id is not None else "")
+
+
+def partition_cache(contents: CacheContents, partitioning: str, allow_nonfinite: bool = False) -> PartitionedCache:
+    """Validate a cache and split it into per-period Arrow tables with their content hashes."""
+    chunks, array = contents.chunks, contents.embeddings
+    n = len(chunks)
+    if array.shape[0] != n:
+        raise CacheError(
+            f"embeddings.pkl has {array.shape[0]} rows but metadata.json has {n} chunks; "
+            "they must match row for row (re-run the pipeline's embedding step)"
+        )
+    not_dicts = [i for i, c in enumerate(chunks) if type(c) is not dict]
+    if not_dicts:
+        raise CacheError(f"metadata.json: chunks[{not_dicts[0]}] is not a JSON object ({len(not_dicts)} such chunks)")
+    chunk_ids = _chunk_id_column(chunks)
+    days, date_is_canonical = _date_column(chunks)
+    vectors = _embedding_values(array, chunks, chunk_ids, allow_nonfinite)
+    dim = array.shape[1]
+
+    keys, codes = period_keys(days, partitioning)
+    typed_values: dict[str, list[Any]] = {}
+    typed_ok: dict[str, np.ndarray] = {}
+    present_count = np.full(n, 2, dtype=np.int64)  # chunk_id and newsletter_date are always there
+    for name, (_, kind) in TYPED_FIELDS.items():
+        values = [c.get(name, _MISSING) for c in chunks]
+        if kind is int:
+            ok = [v is None or (type(v) is int and _INT64_MIN <= v <= _INT64_MAX) for v in values]
+        else:
+            ok = [v is None or type(v) is kind for v in values]
+        typed_values[name] = values
+        typed_ok[name] = np.array(ok, dtype=bool)
+        present_count += np.array([v is not _MISSING for v in values], dtype=bool)
+
+    # A field is a typed column in a partition only when every row there has it with the right
+    # type; otherwise the partition keeps it in `extra`. Deciding per partition keeps an odd chunk
+    # from changing the layout (and so the objects) of every other partition.
+    typed_in: dict[str, np.ndarray] = {}
+    needs_extra = np.fromiter(map(len, chunks), dtype=np.int64, count=n) > present_count
+    needs_extra |= ~date_is_canonical
+    for name, ok in typed_ok.items():
+        bad_per_partition = np.bincount(codes[~ok], minlength=len(keys))
+        typed_in[name] = bad_per_partition == 0
+        untyped_rows = ~typed_in[name][codes]
+        if untyped_rows.any():
+            needs_extra |= untyped_rows & np.array([v is not _MISSING for v in typed_values[name]], dtype=bool)
+            values = typed_values[name]
+            for row in np.flatnonzero(untyped_rows):
+                values[row] = None
+    extra = _extra_column(chunks, needs_extra, codes, typed_in, date_is_canonical)
+
+    columns: dict[str, pa.Array] = {
+        CHUNK_ID: chunk_ids,
+        DATE: pa.array(days.astype(np.int32), type=pa.int32()).cast(pa.date32()),
+    }
+    for name, (arrow_type, _) in TYPED_FIELDS.items():
+        columns[name] = pa.array(typed_values[name], type=arrow_type)
+    columns[EXTRA] = extra
+    columns[EMBEDDING] = vectors
+    ids = chunk_ids.to_numpy()
+
+    partitions = []
+    for p, rows in enumerate(rows_by_partition(codes, len(keys))):
+        names = [CHUNK_ID, DATE, *(f for f in TYPED_FIELDS if typed_in[f][p]), EXTRA, EMBEDDING]
+        contiguous = rows[-1] - rows[0] == len(rows) - 1
+        if contiguous:  # the usual case (a cache sorted by date): zero-copy slices
+            arrays = [columns[name].slice(int(rows[0]), len(rows)) for name in names]
+        else:
+            taken = pa.array(rows)
+            arrays = [columns[name].take(taken) for name in names]
+        table = pa.Table.from_arrays(arrays, names=names)
+        partition_ids = ids[rows]
+        partitions.append(
+            PartitionTable(keys[p], table, content_hash(table), int(partition_ids.min()), int(partition_ids.max()))
+        )
+    return PartitionedCache(partitions, order_runs(codes), n, dim, array.dtype.str)
+
+
+def _chunk_id_column(chunks: Sequence[dict[str, Any]]) -> pa.Array:
+    values = [c.get(CHUNK_ID, _MISSING) for c in chunks]
+    bad = [i for i, v in enumerate(values) if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX]
+    if bad:
+        value = values[bad[0]]
+        shown = "missing" if value is _MISSING else f"{value!r}"
+        raise CacheError(
+            f"{_where(chunks, bad[0])}: chunk_id is {shown}; every chunk needs an integer chunk_id "
+            f"({len(bad)} chunks affected)"
+        )
+    column = pa.array(values, type=pa.int64())
+    ids = column.to_numpy()
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) != len(ids):
+        duplicated = unique[counts > 1]
+        rows = np.flatnonzero(ids == duplicated[0])[:5].tolist()
+        raise CacheError(
+            f"metadata.json: chunk_id {int(duplicated[0])} appears {int(counts[counts > 1][0])} times "
+            f"(chunks{rows}); {len(duplicated)} ids are duplicated; chunk ids must be unique"
+        )
+    return column
+
+
+def _date_column(chunks: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Days since the epoch per chunk, and whether each original string is the canonical `YYYY-MM-DD`."""
+    raw = [c.get(DATE) for c in chunks]
+    n = len(raw)
+    if not all(type(v) is str for v in raw):
+        row = next(i for i, v in enumerate(raw) if type(v) is not str)
+        shown = "missing" if DATE not in chunks[row] else f"{raw[row]!r}"
+        raise CacheError(f"{_where(chunks, row)}: newsletter_date is {shown}; every chunk needs an ISO date string")
+    strings = pa.array(raw, type=pa.string())
+    try:
+        dates = pc.cast(strings, pa.date32())
+        days = dates.to_numpy(zero_copy_only=False).astype("datetime64[D]").astype(np.int64)
+        canonical = pc.equal(pc.cast(dates, pa.string()), strings).to_numpy(zero_copy_only=False)
+        return days, canonical
+    except pa.ArrowInvalid:
+        pass  # some dates are not plain YYYY-MM-DD: parse one by one to accept other ISO forms
+    days = np.empty(n, dtype=np.int64)
+    epoch = date(1970, 1, 1)
+    for i, text in enumerate(raw):
+        try:
+            parsed = date.fromisoformat(text)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(text).date()
+            except ValueError:
+                raise CacheError(
+                    f"{_where(chunks, i)}: newsletter_date {text!r} is not an ISO date (YYYY-MM-DD); fix the chunk"
+                ) from None
+        days[i] = (parsed - epoch).days
+    canonical = np.array([len(t) == 10 and t[4] == "-" and t[7] == "-" for t in raw], dtype=bool)
+    formatted = pc.cast(pa.array(days.astype("datetime64[D]"), type=pa.date32()), pa.string())
+    canonical &= pc.equal(formatted, strings).to_numpy(zero_copy_only=False)
+    return days, canonical
+
+
+def _extra_column(
+    chunks: Sequence[dict[str, Any]],
+    needs_extra: np.ndarray,
+    codes: np.ndarray,
+    typed_in: dict[str, np.ndarray],
+    date_is_canonical: np.ndarray,
+) -> pa.Array:
+    """JSON text of each chunk's fields that no typed column holds (null for most rows)."""
+    values: list[str | None] = [None] * len(chunks)
+    for row in np.flatnonzero(needs_extra):
+        chunk = chunks[row]
+        p = codes[row]
+        kept = {
+            k: v
+            for k, v in chunk.items()
+            if k != CHUNK_ID
+            and not (k == DATE and date_is_canonical[row])
+            and not (k in typed_in and typed_in[k][p])
+        }
+        values[row] = json.dumps(kept, ensure_ascii=False, separators=(",", ":"))
+    return pa.array(values, type=pa.string())
+
+
+def _embedding_values(
+    array: np.ndarray, chunks: Sequence[dict[str, Any]], chunk_ids: pa.Array, allow_nonfinite: bool
+) -> pa.FixedSizeListArray:
+    if not allow_nonfinite:
+        bad_rows = _nonfinite_rows(array)
+        if len(bad_rows):
+            first = int(bad_rows[0])
+            raise NonFiniteEmbeddings(
+                f"embeddings.pkl: {len(bad_rows)} rows contain NaN or ±Inf (first: row {first}, "
+                f"chunk_id {chunk_ids[first].as_py()}); fix them or pass --allow-nonfinite"
+            )
+    native = array.astype(array.dtype.newbyteorder("<"), copy=False) if array.dtype.byteorder == ">" else array
+    native = np.ascontiguousarray(native)
+    values = pa.array(native.reshape(-1), type=_ARROW_FLOATS[native.dtype.itemsize])
+    return pa.FixedSizeListArray.from_arrays(values, array.shape[1])
+
+
+def _nonfinite_rows(array: np.ndarray, block: int = 65536) -> np.ndarray:
+    """Rows with NaN/Inf, checked in blocks so a 3 GB array never needs a 3 GB mask."""
+    found = []
+    for start in range(0, array.shape[0], block):
+        part = array[start : start + block]
+        finite = np.isfinite(part).all(axis=1)
+        if not finite.all():
+            found.append(np.flatnonzero(~finite) + start)
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
+# ---- content hash ---------------------------------------------------------------------------------
+
+
+def content_hash(table: pa.Table) -> str:
+    """blake3 over a canonical encoding of the table's logical content (SPEC.md, "Content hash").
+
+    Independent of Parquet writer, compression, chunking, string vs large_string, and buffer
+    offsets; dependent on every value, every column name and type, and row order.
+    """
+    hasher = blake3.blake3()
+    hasher.update(CONTENT_HASH_TAG)
+    header = "".join(f"{f.name}:{_canonical_type(f.type)}\n" for f in table.schema)
+    _update(hasher, header.encode())
+    hasher.update(struct.pack("<Q", table.num_rows))
+    for column in table.columns:
+        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        _hash_array(hasher, array)
+    return hasher.hexdigest()
+
+
+def _canonical_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "utf8"
+    if pa.types.is_fixed_size_list(arrow_type):
+        return f"fixed_size_list<{_canonical_type(arrow_type.value_type)},{arrow_type.list_size}>"
+    if pa.types.is_dictionary(arrow_type):
+        return _canonical_type(arrow_type.value_type)
+    return str(arrow_type)
+
+
+def _update(hasher: Any, data: Any) -> None:
+    view = memoryview(data).cast("B")
+    hasher.update(struct.pack("<Q", len(view)))
+    hasher.update(view)
+
+
+def _hash_array(hasher: Any, array: pa.Array) -> None:
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if array.null_count:
+        _update(hasher, np.packbits(array.is_valid().to_numpy(zero_copy_only=False), bitorder="little"))
+    else:
+        _update(hasher, b"")
+    arrow_type = array.type
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        array = pc.fill_null(array, "").cast(pa.large_string())
+        offsets = np.frombuffer(array.buffers()[1], dtype="<i8")[array.offset : array.offset + len(array) + 1]
+        start, end = (int(offsets[0]), int(offsets[-1])) if len(offsets) else (0, 0)
+        _update(hasher, _little_endian(offsets - start, "<i8"))
+        data = array.buffers()[2]
+        _update(hasher, memoryview(data)[start:end] if data is not None else b"")
+    elif pa.types.is_fixed_size_list(arrow_type):
+        values = array.flatten()
+        _update(hasher, _little_endian(values.to_numpy(zero_copy_only=False), values.type.to_pandas_dtype()))
+    elif pa.types.is_date32(arrow_type):
+        _update(hasher, _little_endian(pc.fill_null(array, 0).cast(pa.int32()).to_numpy(), "<i4"))
+    elif pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+        filled = pc.fill_null(array, 0) if array.null_count else array
+        _update(hasher, _little_endian(filled.to_numpy(zero_copy_only=False), arrow_type.to_pandas_dtype()))
+    else:
+        raise TypeError(f"content hash: unsupported column type {arrow_type}")
+
+
+def _little_endian(values: np.ndarray, dtype: Any) -> np.ndarray:
+    # A no-op (no copy) on little-endian machines with contiguous input, which is the usual case.
+    return np.ascontiguousarray(values, dtype=np.dtype(dtype).newbyteorder("<"))
