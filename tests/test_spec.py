@@ -1,0 +1,62 @@
+"""SPEC.md and the code cannot drift: its field tables are checked against the msgspec Structs."""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from datetime import datetime
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from egregora_ds.model import FORMAT_VERSION, Manifest, PartitionEntry
+from egregora_ds.parquet_io import WRITER_OPTIONS
+from egregora_ds.table import CONTENT_HASH_TAG, TYPED_FIELDS
+
+SPEC = (Path(__file__).parent.parent / "SPEC.md").read_text(encoding="utf-8")
+
+
+def render_type(annotation: object) -> str:
+    """How SPEC.md spells a field's type."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return "ObjectId"
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " \\| ".join("null" if a is type(None) else render_type(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) is typing.Literal:
+        return " \\| ".join(f'"{a}"' for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) is tuple:
+        return f"array of {typing.get_args(annotation)[0].__name__}"
+    return {int: "int", str: "string", datetime: "timestamp"}[annotation]  # type: ignore[index]
+
+
+def spec_table(name: str) -> list[tuple[str, str]]:
+    block = re.search(rf"<!-- {name}:start -->(.*?)<!-- {name}:end -->", SPEC, re.S)
+    assert block, f"SPEC.md has no {name} table"
+    rows = [line.split(" | ") for line in block.group(1).strip().splitlines()[2:]]
+    return [(cells[0].strip("| `"), cells[1].strip()) for cells in rows]
+
+
+@pytest.mark.parametrize(("struct", "table"), [(Manifest, "manifest-fields"), (PartitionEntry, "partition-fields")])
+def test_spec_field_tables_match_the_structs(struct: type[msgspec.Struct], table: str) -> None:
+    hints = typing.get_type_hints(struct, include_extras=True)
+    expected = [(field.name, render_type(hints[field.name])) for field in msgspec.structs.fields(struct)]
+    assert spec_table(table) == expected
+
+
+def test_spec_states_the_format_version_and_content_hash_tag() -> None:
+    assert f"Format version: **{FORMAT_VERSION}**" in SPEC
+    assert CONTENT_HASH_TAG.decode().strip() in SPEC
+
+
+def test_spec_names_the_writer_settings_the_code_uses() -> None:
+    assert WRITER_OPTIONS["compression"] == "zstd" and "zstd, level 1" in SPEC
+    assert WRITER_OPTIONS["compression_level"] == 1
+    assert WRITER_OPTIONS["use_byte_stream_split"] == ["embedding.list.element"] and "`embedding.list.element`" in SPEC
+    assert f"{WRITER_OPTIONS['row_group_size']:,}" in SPEC
+
+
+def test_spec_lists_every_typed_column() -> None:
+    for name in TYPED_FIELDS:
+        assert f"| `{name}` |" in SPEC
