@@ -23,8 +23,8 @@ from .errors import EgdsError
 from .repo import DEFAULT_CACHE, DEFAULT_MODEL, Repository
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Versioned, content-addressed embeddings datasets.")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 T = TypeVar("T")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
