@@ -305,13 +305,13 @@ def _hash_array(hasher: Any, array: pa.Array) -> None:
         data = array.buffers()[2]
         _update(hasher, memoryview(data)[start:end] if data is not None else b"")
     elif pa.types.is_fixed_size_list(arrow_type):
-        values = array.flatten()
-        _update(hasher, _little_endian(values.to_numpy(zero_copy_only=False), values.type.to_pandas_dtype()))
+        values = array.flatten().to_numpy(zero_copy_only=False)
+        _update(hasher, _little_endian(values, values.dtype))
     elif pa.types.is_date32(arrow_type):
         _update(hasher, _little_endian(pc.fill_null(array, 0).cast(pa.int32()).to_numpy(), "<i4"))
     elif pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
-        filled = pc.fill_null(array, 0) if array.null_count else array
-        _update(hasher, _little_endian(filled.to_numpy(zero_copy_only=False), arrow_type.to_pandas_dtype()))
+        filled = (pc.fill_null(array, 0) if array.null_count else array).to_numpy(zero_copy_only=False)
+        _update(hasher, _little_endian(filled, filled.dtype))
     else:
         raise TypeError(f"content hash: unsupported column type {arrow_type}")
 
