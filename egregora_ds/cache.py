@@ -6,11 +6,15 @@ numpy array (N, D)), `metadata.json` (`{"chunks": [...]}`), optional `index.json
 
 from __future__ import annotations
 
+import _compat_pickle
+import contextlib
+import fcntl
 import io
 import json
 import math
 import os
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,22 +42,39 @@ _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),
+    # Protocol 0-2 write empty bytes (an empty array's data) as a call of `bytes()`; only that
+    # call is allowed (see _empty_bytes): `bytes(10**12)` would allocate a terabyte.
+    ("builtins", "bytes"),
 }
 _NUMPY1_MODULES = {"numpy.core.multiarray": "numpy._core.multiarray", "numpy.core.numeric": "numpy._core.numeric"}
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol 0-2 pickles name Python 2 modules (`__builtin__.eval`, `commands.Popen` for
+        # subprocess.Popen); map them as the stock unpickler would, so the check and the message
+        # are about what would really be imported.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         module = _NUMPY1_MODULES.get(module, module)
         if (module, name) not in _ALLOWED_GLOBALS:
             raise UnsafePickle(
                 f"{EMBEDDINGS} refers to {module}.{name}, which a numpy array does not need; refusing to load it "
                 "(a pickle can run code). Re-create the cache with plain pickle.dump({'embeddings': array})"
             )
+        if (module, name) == ("builtins", "bytes"):
+            return _empty_bytes
         return super().find_class(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickle(f"{EMBEDDINGS} uses persistent ids, which egds does not load")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    if args:
+        raise UnsafePickle(f"{EMBEDDINGS} calls bytes() with arguments, which a numpy array does not need; refusing to load it")
+    return b""
 
 
 class _HashingReader(io.RawIOBase):
@@ -94,16 +115,31 @@ class CacheContents:
 
 def read_cache(path: Path) -> CacheContents:
     """Read and validate the shape of a cache. Never executes code from the pickle."""
-    recover_interrupted_write(path)
+    with _cache_lock(path):
+        _recover(path)
+        return _read_cache(path)
+
+
+def _read_cache(path: Path) -> CacheContents:
     if not path.is_dir():
-        raise CacheError(f"cache directory {path} does not exist; pass --cache or create it with the pipeline")
+        raise CacheError(
+            f"cache directory {path} does not exist; check the path (the `cache` setting in .egds/config.json, "
+            "or --cache) or run the pipeline to create it"
+        )
     for name in (EMBEDDINGS, METADATA):
         if not (path / name).is_file():
-            raise CacheError(f"cache file {path / name} is missing; the cache needs {EMBEDDINGS} and {METADATA}")
+            raise CacheError(
+                f"cache file {path / name} is missing; the cache needs {EMBEDDINGS} and {METADATA} "
+                "(re-run the pipeline, or `egds checkout --force` a version)"
+            )
     pickled, pickle_digest = _load_pickle(path / EMBEDDINGS)
     if not isinstance(pickled, dict) or "embeddings" not in pickled:
         kind = type(pickled).__name__
-        raise CacheError(f"{path / EMBEDDINGS} holds a {kind}, not a dict with key 'embeddings'")
+        what = "a dict without key 'embeddings'" if isinstance(pickled, dict) else f"a {kind}"
+        raise CacheError(
+            f"{path / EMBEDDINGS} holds {what}; it must be a dict with key 'embeddings' "
+            "(write it as pickle.dump({'embeddings': array}, f))"
+        )
     embeddings = pickled["embeddings"]
     _check_array(embeddings, path / EMBEDDINGS)
     pickle_extra = {k: v for k, v in pickled.items() if k != "embeddings"}
@@ -137,7 +173,12 @@ def read_cache(path: Path) -> CacheContents:
 
 def file_digests(path: Path) -> dict[str, str | None] | None:
     """blake3 of each cache file present, or None if the cache has no embeddings/metadata at all."""
-    recover_interrupted_write(path)
+    with _cache_lock(path):
+        _recover(path)
+        return _file_digests(path)
+
+
+def _file_digests(path: Path) -> dict[str, str | None] | None:
     if not (path / EMBEDDINGS).is_file() and not (path / METADATA).is_file():
         return None
     digests: dict[str, str | None] = {}
@@ -162,33 +203,42 @@ def _load_pickle(file: Path) -> tuple[Any, str]:
         except UnsafePickle:
             raise
         except Exception as exc:  # a truncated or foreign file: pickle raises many types
-            raise CacheError(f"{file} is not a readable pickle ({type(exc).__name__}: {exc})") from None
+            raise CacheError(
+                f"{file} is not a readable pickle ({type(exc).__name__}: {exc}); re-create it with the pipeline "
+                "or `egds checkout --force` a version"
+            ) from None
         # BufferedReader may have read ahead past STOP; those bytes are already hashed.
         return obj, reader.drain()
 
 
 def _check_array(embeddings: Any, file: Path) -> None:
     if not isinstance(embeddings, np.ndarray):
-        raise CacheError(f"{file}: 'embeddings' is a {type(embeddings).__name__}, not a numpy array")
+        raise CacheError(
+            f"{file}: 'embeddings' is a {type(embeddings).__name__}, not a numpy array; "
+            "convert it with numpy.asarray(..., dtype='float32') before pickling"
+        )
     if embeddings.ndim != 2:
-        raise CacheError(f"{file}: 'embeddings' has shape {embeddings.shape}; expected 2-D (rows, dimension)")
+        raise CacheError(
+            f"{file}: 'embeddings' has shape {embeddings.shape}; expected 2-D (rows, dimension): reshape it"
+        )
     if embeddings.dtype.kind != "f" or embeddings.dtype.itemsize not in (2, 4, 8):
         raise CacheError(
-            f"{file}: 'embeddings' has dtype {embeddings.dtype}; expected float16, float32 or float64"
+            f"{file}: 'embeddings' has dtype {embeddings.dtype}; expected float16, float32 or float64 "
+            "(convert it with .astype('float32'))"
         )
     if embeddings.shape[1] == 0:
-        raise CacheError(f"{file}: 'embeddings' has dimension 0")
+        raise CacheError(f"{file}: 'embeddings' has dimension 0; every row needs at least one value (re-run the embedding step)")
 
 
 def decode_json(data: bytes, file: Path) -> Any:
     try:
         return msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
         pass  # stdlib json also accepts NaN/Infinity and huge exponents, as json.dump writes them
     try:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CacheError(f"{file} is not valid JSON: {exc}") from None
+        raise CacheError(f"{file} is not valid JSON ({exc}); fix it or re-create it with the pipeline") from None
 
 
 def encode_json(value: Any) -> bytes:
@@ -253,8 +303,15 @@ def write_cache(
     renames, so a process killed mid-way leaves either the old cache (before the journal) or a
     journal that the next egds command rolls forward (after it). The old cache is never half-replaced.
     """
-    recover_interrupted_write(path)
     path.mkdir(parents=True, exist_ok=True)
+    with _cache_lock(path):
+        return _write_cache(path, embeddings, pickle_extra, metadata_bytes, index_bytes)
+
+
+def _write_cache(
+    path: Path, embeddings: np.ndarray, pickle_extra: dict[str, Any], metadata_bytes: bytes, index_bytes: bytes | None
+) -> dict[str, str | None]:
+    _recover(path)
     digests: dict[str, str | None] = {}
     tmp_pickle = path / (EMBEDDINGS + _TMP_SUFFIX)
     with open(tmp_pickle, "wb") as raw:
@@ -277,7 +334,7 @@ def write_cache(
         digests[INDEX] = None
     fsync_dir(path)
     atomic_write_bytes(path / JOURNAL, json.dumps({"rename": renames, "delete": deletes}).encode())
-    recover_interrupted_write(path)
+    _recover(path)
     return digests
 
 
@@ -288,8 +345,36 @@ def _write_synced(file: Path, data: bytes) -> None:
         os.fsync(out.fileno())
 
 
+@contextlib.contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on the cache directory while it is read, recovered or written.
+
+    `egds status` does not take the repository's lock; without this one, its recovery step ran
+    while a checkout was writing, deleted the checkout's temp files as "left by a crash", and the
+    checkout then committed a journal whose files were gone: the old cache stayed under a stamp of
+    the new version. It also keeps readers from seeing the files mid-rename. (Released by the
+    kernel when the process dies; a directory that does not exist needs no lock.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def recover_interrupted_write(path: Path) -> None:
     """Finish a cache write whose journal was committed, and drop temp files of one that was not."""
+    with _cache_lock(path):
+        _recover(path)
+
+
+def _recover(path: Path) -> None:
+    """`recover_interrupted_write` for a caller that holds the cache lock."""
     journal = path / JOURNAL
     if journal.is_file():
         try:
@@ -312,3 +397,7 @@ def recover_interrupted_write(path: Path) -> None:
     elif path.is_dir():
         for name in CACHE_FILES:
             (path / (name + _TMP_SUFFIX)).unlink(missing_ok=True)
+    if path.is_dir():
+        # atomic_write_bytes' temp file of a journal whose process died before the rename.
+        for stale in path.glob(f".{JOURNAL}.*.tmp"):
+            stale.unlink(missing_ok=True)

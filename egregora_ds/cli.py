@@ -39,19 +39,32 @@ class _State:
 state = _State()
 
 
+def _print_version(value: bool) -> None:
+    # Eager, so `egds --version` works without a command (a plain callback flag never ran:
+    # click asked for the missing command first and exited 2).
+    if value:
+        out.print(f"egds {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     directory: Annotated[Path, typer.Option("-C", help="Run as if egds was started in DIR.")] = Path("."),
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
 ) -> None:
-    if version:
-        out.print(f"egds {__version__}")
-        raise typer.Exit()
     state.directory = directory
 
 
 def _repo() -> Repository:
     return Repository.open(state.directory)
+
+
+def _cache(cache: Optional[Path]) -> Optional[Path]:
+    """A relative --cache is relative to -C DIR ("as if egds was started in DIR", like git -C),
+    not to the directory the shell is in."""
+    return None if cache is None else state.directory / cache
 
 
 def _print_json(value: Any) -> None:
@@ -182,7 +195,7 @@ def checkout(
 ) -> None:
     """Rebuild the pickle cache of a version, bit for bit."""
     repo = _run(_repo)
-    result = _run(lambda: repo.checkout(rev, cache, force=force, progress=_RichProgress()))
+    result = _run(lambda: repo.checkout(rev, _cache(cache), force=force, progress=_RichProgress()))
     if json:
         return _print_json(result)
     if result.already_current:
@@ -194,7 +207,7 @@ def checkout(
 @app.command()
 def status(cache: CacheOpt = None, json: JsonFlag = False) -> None:
     """Compare the cache with the latest version, partition by partition."""
-    result = _run(lambda: _repo().status(cache))
+    result = _run(lambda: _repo().status(_cache(cache)))
     if json:
         return _print_json(result)
     where = f"v{result.version}" if result.version else "no version yet"

@@ -122,20 +122,27 @@ def _check_manifest(manifest_id: str, m: Manifest, good: set[tuple[str, str]], h
 
 
 def _deep_check(repo, manifests, good, problems, progress) -> None:
-    checked: set[str] = set()
+    # Decode each object once, but compare it with *every* entry that names it: an object checked
+    # under its right entry in one manifest must still be caught under a wrong entry in another.
+    decoded: dict[str, tuple[int, str] | str] = {}  # object -> (rows, content hash) or decode error
+    reported: set[tuple[str, str, int, str]] = set()
     entries = [e for m in manifests.values() for e in m.partitions if (e.object, PARQUET) in good]
     progress.begin("decoding partitions", len(entries), unit="objects")
     for entry in entries:
-        if entry.object in checked:
-            progress.advance()
-            continue
-        checked.add(entry.object)
-        try:
-            table = read_partition(repo.store.object_path(entry.object, PARQUET).read_bytes())
-            if table.num_rows != entry.rows or content_hash(table) != entry.content_hash:
+        if entry.object not in decoded:
+            try:
+                table = read_partition(repo.store.object_path(entry.object, PARQUET).read_bytes())
+                decoded[entry.object] = (table.num_rows, content_hash(table))
+            except Exception as exc:  # any decoder failure is a finding, not a crash
+                decoded[entry.object] = f"{type(exc).__name__}: {exc}"
+        found = decoded[entry.object]
+        key = (entry.object, entry.key, entry.rows, entry.content_hash)
+        if key not in reported and (isinstance(found, str) or found != (entry.rows, entry.content_hash)):
+            reported.add(key)
+            if isinstance(found, str):
+                problems.append(f"object {short(entry.object)}.parquet (partition {entry.key}) does not decode: {found}")
+            else:
                 problems.append(f"object {short(entry.object)}.parquet (partition {entry.key}) decodes to content that differs from its manifest entry")
-        except Exception as exc:  # any decoder failure is a finding, not a crash
-            problems.append(f"object {short(entry.object)}.parquet (partition {entry.key}) does not decode: {exc}")
         progress.advance()
     progress.end()
 

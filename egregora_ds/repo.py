@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .atomic import atomic_write_bytes
-from .errors import NotARepository, RepositoryExists, RevisionError, UsageError
+from .errors import CorruptObject, NotARepository, RepositoryExists, RevisionError, UsageError
 from .model import FORMAT_VERSION, PARTITIONINGS, Config, Manifest, decode_config, decode_manifest, encode_config
 from .progress import NO_PROGRESS, Progress
 from .results import LogEntry, TagResult
@@ -47,7 +47,10 @@ class Repository:
         """Create `.egds/` in `path`. The cache path is stored relative to `path` when it is inside it."""
         root = Path(path).resolve()
         if (root / REPO_DIR).exists():
-            raise RepositoryExists(f"{root / REPO_DIR} already exists; this directory is already an egds repository")
+            raise RepositoryExists(
+                f"{root / REPO_DIR} already exists; this directory is already an egds repository: use it as it is "
+                "(egds log, egds snapshot) or run init in another directory"
+            )
         if partitioning not in PARTITIONINGS:
             raise UsageError(f"unknown partitioning {partitioning!r}; use month, quarter or year")
         if not model.strip():
@@ -71,9 +74,18 @@ class Repository:
         for candidate in (start, *start.parents):
             config_file = candidate / REPO_DIR / "config.json"
             if config_file.is_file():
-                return cls(candidate, decode_config(config_file.read_bytes(), str(config_file)))
+                try:
+                    return cls(candidate, decode_config(config_file.read_bytes(), str(config_file)))
+                except CorruptObject as exc:
+                    # decode_config's advice ("run `egds verify`") cannot work: verify needs the config too.
+                    raise CorruptObject(
+                        f"{exc}".replace("; run `egds verify`", "")
+                        + f"; restore {config_file} from a backup (it holds format, cache, partitioning and model)"
+                    ) from None
             if (candidate / REPO_DIR).is_dir():
-                raise NotARepository(f"{candidate / REPO_DIR} has no config.json; the repository is damaged")
+                raise NotARepository(
+                    f"{candidate / REPO_DIR} has no config.json; the repository is damaged: restore config.json from a backup"
+                )
         raise NotARepository(f"{start} is not inside an egds repository; run `egds init` first (or pass -C DIR)")
 
     @property

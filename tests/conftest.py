@@ -91,3 +91,41 @@ def filled_repo(repo: Repository) -> Repository:
     write_cache(repo.cache_path, make_chunks(60), make_embeddings(60), index={"newsletters": 6})
     repo.snapshot("v1")
     return repo
+
+
+# ---- helpers added for the bad-input / crash-safety / verify-gc / CLI tests -----------------------
+
+
+def repo_tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root/.egds` (relative name -> bytes), except the lock file, whose pid
+    changes whenever any command takes the lock. Two equal trees mean nothing was written."""
+    base = root / ".egds"
+    return {
+        str(p.relative_to(base)): p.read_bytes()
+        for p in sorted(base.rglob("*"))
+        if p.is_file() and p.relative_to(base).as_posix() != "lock"
+    }
+
+
+def dir_tree(path: Path) -> dict[str, bytes]:
+    """Every file under `path` (relative name -> bytes); empty if `path` does not exist."""
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    """Invert one byte of a file (the middle one by default), keeping its size."""
+    data = bytearray(path.read_bytes())
+    i = len(data) // 2 if offset is None else offset
+    data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def object_files(repo: Repository) -> set[str]:
+    """Names of every file under `.egds/objects` (partition and JSON objects alike)."""
+    return {p.name for p in repo.store.objects_dir.rglob("*") if p.is_file()}
+
+
+def parquet_objects(repo: Repository) -> set[str]:
+    return {name for name in object_files(repo) if name.endswith(".parquet")}

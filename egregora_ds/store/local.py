@@ -100,13 +100,24 @@ class LocalStore:
 
     def stray_files(self) -> list[Path]:
         """Files under objects/ that are not named like objects (left by hand or by other tools)."""
-        named = {path for _, _, path in self.iter_objects()}
+        named = {path for _, _, path in self.iter_objects()} | set(self.temp_files())
         if not self.objects_dir.is_dir():
             return []
         return [p for p in sorted(self.objects_dir.rglob("*")) if p.is_file() and p not in named]
 
     def temp_files(self) -> list[Path]:
-        return sorted(p for p in self.tmp_dir.iterdir() if p.is_file()) if self.tmp_dir.is_dir() else []
+        """Leftovers of interrupted commands: partition files in tmp/, and the `.NAME.XXXX.tmp`
+        files `atomic_write_bytes` creates next to refs, manifests, JSON objects and state.json.
+        A process killed before its rename cannot remove the latter, and they are not in tmp/, so
+        gc (which runs under the write lock, when no writer is alive) must look for them too."""
+        found = [p for p in self.tmp_dir.iterdir() if p.is_file()] if self.tmp_dir.is_dir() else []
+        for directory in (self.root, self.manifests_dir):
+            if directory.is_dir():
+                found.extend(directory.glob(".*.tmp"))
+        for directory in (self.refs_dir, self.objects_dir):
+            if directory.is_dir():
+                found.extend(directory.rglob(".*.tmp"))
+        return sorted(p for p in found if p.is_file())
 
     # ---- manifests -----------------------------------------------------------------------------
 
