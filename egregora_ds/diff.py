@@ -20,6 +20,10 @@ from .table import CHUNK_ID, EMBEDDING, EXTRA
 if TYPE_CHECKING:
     from .repo import Repository
 
+TEXT = "text"
+TEXT_OTHER = "text_other"
+_MISSING = object()
+
 
 def compare_partitions(
     old: dict[str, str], new: dict[str, str]
@@ -98,18 +102,37 @@ def _chunk_table(repo: Repository, entries: list[PartitionEntry]) -> pa.Table:
     tables = []
     for entry in entries:
         table = read_partition(repo.store.read_object(entry.object, PARQUET, f"partition {entry.key}"))
-        tables.append(pa.table({CHUNK_ID: table.column(CHUNK_ID), "text": _text_column(table), EMBEDDING: table.column(EMBEDDING)}))
+        text, text_other = _text_columns(table)
+        tables.append(
+            pa.table({CHUNK_ID: table.column(CHUNK_ID), TEXT: text, TEXT_OTHER: text_other, EMBEDDING: table.column(EMBEDDING)})
+        )
     if not tables:
-        return pa.table({CHUNK_ID: pa.array([], pa.int64()), "text": pa.array([], pa.string())})
+        empty = pa.array([], pa.string())
+        return pa.table({CHUNK_ID: pa.array([], pa.int64()), TEXT: empty, TEXT_OTHER: empty})
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def _text_column(table: pa.Table) -> pa.ChunkedArray | pa.Array:
-    if "text" in table.column_names:
-        return table.column("text")
-    # This partition keeps `text` in the extra JSON (some chunk had no text or a non-string one).
-    extra = table.column(EXTRA).to_pylist()
-    return pa.array([json.dumps(json.loads(e).get("text")) if e else None for e in extra], pa.string())
+def _text_columns(table: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """Each chunk's `text` as two columns: the string (null unless it is a string), and the JSON of
+    any other value (`null`, `5`, ...; null when it is a string or the chunk has no `text`).
+
+    A partition holds `text` either as a typed column or, when some chunk of it has no text or a
+    non-string one, inside `extra`. Both layouts must give the same pair for the same chunk, or every
+    unchanged chunk of a partition that switched layout would count as text_changed.
+    """
+    if TEXT in table.column_names:
+        text = table.column(TEXT).combine_chunks().cast(pa.string())
+        # A typed column's null is an explicit `"text": null` (a missing field makes the column untyped).
+        other = pc.if_else(pc.is_null(text), pa.scalar("null"), pa.scalar(None, pa.string()))
+        return text, other
+    texts: list[str | None] = []
+    others: list[str | None] = []
+    for encoded in table.column(EXTRA).to_pylist():
+        value = json.loads(encoded).get(TEXT, _MISSING) if encoded is not None else _MISSING
+        is_str = type(value) is str
+        texts.append(value if is_str else None)
+        others.append(None if is_str or value is _MISSING else json.dumps(value, sort_keys=True))
+    return pa.array(texts, pa.string()), pa.array(others, pa.string())
 
 
 def _diff_chunks(old: pa.Table, new: pa.Table) -> tuple[np.ndarray, ...]:
@@ -121,10 +144,13 @@ def _diff_chunks(old: pa.Table, new: pa.Table) -> tuple[np.ndarray, ...]:
     if len(common) == 0:
         empty = np.empty(0, dtype=np.int64)
         return added, removed, empty, empty
-    old_text = old.column("text").take(pa.array(old_rows))
-    new_text = new.column("text").take(pa.array(new_rows))
-    same_text = pc.fill_null(pc.equal(old_text, new_text), False).to_numpy(zero_copy_only=False)
-    same_text |= (pc.is_null(old_text).to_numpy(zero_copy_only=False) & pc.is_null(new_text).to_numpy(zero_copy_only=False))
+    same_text = np.ones(len(common), dtype=bool)
+    for name in (TEXT, TEXT_OTHER):
+        old_text = old.column(name).take(pa.array(old_rows))
+        new_text = new.column(name).take(pa.array(new_rows))
+        same = pc.fill_null(pc.equal(old_text, new_text), False).to_numpy(zero_copy_only=False)
+        same |= pc.is_null(old_text).to_numpy(zero_copy_only=False) & pc.is_null(new_text).to_numpy(zero_copy_only=False)
+        same_text &= same
     old_vectors = _vectors(old)[old_rows]
     new_vectors = _vectors(new)[new_rows]
     if old_vectors.shape[1] != new_vectors.shape[1] or old_vectors.dtype != new_vectors.dtype:

@@ -40,7 +40,13 @@ def _partition_chunks(table: pa.Table) -> list[dict[str, Any]]:
         if extra.null_count != len(extra):
             for row, text in enumerate(extra.to_pylist()):
                 if text is not None:
-                    chunks[row].update(json.loads(text))
+                    fields = json.loads(text)
+                    if DATE in fields:
+                        # A non-canonical date string: put it where `extra` has it, not in the date
+                        # column's place, or a re-snapshot of this cache would build a differently
+                        # ordered `extra` and so a different partition (SPEC 5.1: the chunk's own order).
+                        del chunks[row][DATE]
+                    chunks[row].update(fields)
     return chunks
 
 

@@ -8,6 +8,7 @@ Resolution order for a bare word: `latest`, version number, tag, then id prefix.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -71,8 +72,9 @@ def resolve_version(
                 return manifest_id
         # A bare number may still be an id prefix ("1234…"); `vN` may not.
         if rev.startswith("v") or not is_id_prefix(rev) or not any(i.startswith(rev) for i in known_ids):
-            newest = chain[0][1].version if chain else 0
-            raise RevisionError(f"no version {number}: versions run from 1 to {newest}; see `egds log`")
+            if not chain:  # not "versions run from 1 to 0"
+                raise RevisionError(f"no version {number}: the repository has no versions yet; run `egds snapshot` first")
+            raise RevisionError(f"no version {number}: versions run from 1 to {chain[0][1].version}; see `egds log`")
     if rev in tags:
         return tags[rev]
     if is_id_prefix(rev):
@@ -80,7 +82,12 @@ def resolve_version(
         if len(candidates) == 1:
             return candidates[0]
         if len(candidates) > 1:
-            listed = ", ".join(short(c) for c in candidates[:10])
+            # Show each candidate up to its first distinguishing digit: for a prefix of 12 or more
+            # hex digits, the usual 12-character short ids would all print the same.
+            width = max(len(short(candidates[0])), len(os.path.commonprefix(candidates)) + 1)
+            listed = ", ".join(c[:width] for c in candidates[:10])
+            if len(candidates) > 10:
+                listed += f" and {len(candidates) - 10} more"
             raise RevisionError(f"id prefix {rev!r} is ambiguous: {listed}; give more characters")
     raise RevisionError(f"unknown revision {rev!r}; use latest, vN, a tag, an id prefix (>= 4 hex) or @YYYY-MM-DD")
 
@@ -88,10 +95,13 @@ def resolve_version(
 def _ancestor(base_id: str, steps: int, chain: Sequence[tuple[str, Manifest]], rev: str) -> str:
     ids = [manifest_id for manifest_id, _ in chain]
     if base_id not in ids:
-        raise RevisionError(f"{rev!r}: its base is not in the history of latest")
+        raise RevisionError(f"{rev!r}: its base is not in the history of latest; use a version listed by `egds log`")
     position = ids.index(base_id) + steps
     if position >= len(ids):
-        raise RevisionError(f"{rev!r} goes back past version 1 (only {len(ids) - ids.index(base_id) - 1} earlier versions)")
+        earlier = len(ids) - ids.index(base_id) - 1
+        raise RevisionError(
+            f"{rev!r} goes back past version 1 (only {earlier} earlier versions); use a smaller ~K (`egds log` lists them)"
+        )
     return ids[position]
 
 
@@ -105,9 +115,10 @@ def _at_time(rev: str, chain: Sequence[tuple[str, Manifest]]) -> str:
             # A bare date means the end of that day: "the data as of 2025-10-01".
             moment = datetime.fromisoformat(day).replace(hour=23, minute=59, second=59, microsecond=999999)
         else:
-            moment = datetime.fromisoformat(f"{day}T{hour}:{minute}:{second or '59'}").replace(
-                microsecond=0 if second else 999999
-            )
+            # Like a bare date, a time names the whole of its last unit: `T10:00` is up to
+            # 10:00:59.999999 and `T10:00:30` up to 10:00:30.999999, so a version that `egds log`
+            # shows as created at 10:00:30 (it prints whole seconds) is found by `@…T10:00:30`.
+            moment = datetime.fromisoformat(f"{day}T{hour}:{minute}:{second or '59'}").replace(microsecond=999999)
     except ValueError:
         raise RevisionError(f"bad time in {rev!r}; use @YYYY-MM-DD or @YYYY-MM-DDTHH:MM (UTC)") from None
     moment = moment.replace(tzinfo=timezone.utc)
@@ -117,7 +128,9 @@ def _at_time(rev: str, chain: Sequence[tuple[str, Manifest]]) -> str:
     if not chain:
         raise RevisionError("the repository has no versions yet; run `egds snapshot` first")
     first = chain[-1][1].created_at.isoformat()
-    raise RevisionError(f"no version existed at {rev[1:]} (UTC); the first was created {first}")
+    raise RevisionError(
+        f"no version existed at {rev[1:]} (UTC); the first was created {first}: use a later time (`egds log` lists them)"
+    )
 
 
 def check_tag_name(name: str) -> None:

@@ -80,7 +80,10 @@ def partition_cache(contents: CacheContents, partitioning: str, allow_nonfinite:
         )
     not_dicts = [i for i, c in enumerate(chunks) if type(c) is not dict]
     if not_dicts:
-        raise CacheError(f"metadata.json: chunks[{not_dicts[0]}] is not a JSON object ({len(not_dicts)} such chunks)")
+        raise CacheError(
+            f"metadata.json: chunks[{not_dicts[0]}] is not a JSON object ({len(not_dicts)} such chunks); every chunk "
+            "must be an object with chunk_id and newsletter_date: fix the pipeline's output or remove those entries"
+        )
     chunk_ids = _chunk_id_column(chunks)
     days, date_is_canonical = _date_column(chunks)
     vectors = _embedding_values(array, chunks, chunk_ids, allow_nonfinite)
