@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from .cache import encode_json, file_digests, read_cache, write_cache
-from .errors import CacheError, CorruptObject, UnsavedWork
+from .errors import CacheError, CorruptObject, UnsavedWork, UsageError
 from .ids import JSON, PARQUET, hash_bytes, short
-from .model import Manifest
+from .model import Manifest, OrderRun, PartitionEntry
 from .parquet_io import read_partition
 from .progress import Progress
 from .rebuild import rebuild_chunks, rebuild_embeddings
@@ -25,43 +25,85 @@ if TYPE_CHECKING:
 READER_THREADS = 2
 
 
-def checkout(repo: Repository, rev: str, cache: Path, *, force: bool, progress: Progress) -> CheckoutResult:
+def checkout(
+    repo: Repository, rev: str, cache: Path, *, force: bool, partitions: list[str] | None = None, progress: Progress
+) -> CheckoutResult:
     manifest_id, manifest = repo.resolve(rev)
+    selected = _select(manifest, partitions)
     with repo.store.locked():
         digests = file_digests(cache)
         stamp = repo.cache_stamp(cache)
-        if digests is not None and stamp is not None and stamp[1] == digests and stamp[0] == manifest_id:
-            return _result(manifest_id, manifest, cache, 0, already_current=True)
+        if partitions is None and digests is not None and stamp is not None and stamp[1] == digests and stamp[0] == manifest_id:
+            return _result(manifest_id, manifest, selected, cache, 0, already_current=True)
         if digests is not None and not force:
             _refuse_unsaved_work(repo, cache, digests, stamp)
-        tables, bytes_read = read_version_tables(repo, manifest, progress)
-        embeddings = rebuild_embeddings(tables, manifest.row_order, manifest.rows, manifest.dim, manifest.dtype)
+        from .transfer import fetch_for_checkout, manifest_object_keys
+
+        # A partial clone (or a gc'd repository with a remote) fetches what this version needs.
+        fetch_for_checkout(repo, manifest_object_keys(manifest, None if partitions is None else set(selected)), progress)
+        entries = [p for p in manifest.partitions if p.key in set(selected)]
+        row_order = _row_order_of(manifest, entries)
+        rows = sum(p.rows for p in entries)
+        tables, bytes_read = read_version_tables(repo, manifest, progress, entries)
+        embeddings = rebuild_embeddings(tables, row_order, rows, manifest.dim, manifest.dtype)
         tables = [t.drop_columns([EMBEDDING]) for t in tables]
-        chunks = rebuild_chunks(tables, manifest.row_order)
+        chunks = rebuild_chunks(tables, row_order)
         del tables
         extras = load_extras(repo, manifest)
         metadata = {"chunks": chunks, **extras.get("metadata", {})}
         index_bytes = repo.store.read_object(manifest.index, JSON, "index.json") if manifest.index else None
         new_digests = write_cache(cache, embeddings, extras.get("pickle", {}), encode_json(metadata), index_bytes)
-        repo.set_cache_stamp(cache, manifest_id, new_digests)
-    return _result(manifest_id, manifest, cache, bytes_read)
+        repo.set_cache_stamp(cache, manifest_id, new_digests, None if partitions is None else selected)
+    return _result(manifest_id, manifest, selected, cache, bytes_read)
 
 
-def _result(manifest_id: str, manifest: Manifest, cache: Path, bytes_read: int, already_current: bool = False) -> CheckoutResult:
+def _select(manifest: Manifest, partitions: list[str] | None) -> list[str]:
+    keys = [p.key for p in manifest.partitions]
+    if partitions is None:
+        return keys
+    unknown = sorted(set(partitions) - set(keys))
+    if unknown:
+        raise UsageError(
+            f"version {manifest.version} has no partition {', '.join(unknown)}; it has {', '.join(keys) or 'none'}"
+        )
+    return [k for k in keys if k in set(partitions)]
+
+
+def _row_order_of(manifest: Manifest, entries: list[PartitionEntry]) -> tuple[OrderRun, ...]:
+    """The manifest's row order restricted to some partitions, re-indexed into `entries`."""
+    if len(entries) == len(manifest.partitions):
+        return manifest.row_order
+    index = {p.key: i for i, p in enumerate(entries)}
+    runs = []
+    for run in manifest.row_order:
+        key = manifest.partitions[run.partition].key
+        if key in index:
+            runs.append(OrderRun(index[key], run.rows))
+    return tuple(runs)
+
+
+def _result(
+    manifest_id: str, manifest: Manifest, selected: list[str], cache: Path, bytes_read: int, already_current: bool = False
+) -> CheckoutResult:
+    chosen = set(selected)
     return CheckoutResult(
         version=manifest.version,
         id=manifest_id,
         cache=str(cache),
-        rows=manifest.rows,
-        partitions=len(manifest.partitions),
+        rows=sum(p.rows for p in manifest.partitions if p.key in chosen),
+        partitions=len(selected),
+        partial=len(selected) != len(manifest.partitions),
         bytes_read=bytes_read,
         already_current=already_current,
     )
 
 
-def read_version_tables(repo: Repository, manifest: Manifest, progress: Progress) -> tuple[list[pa.Table], int]:
-    """Every partition of a version as an Arrow table, each object re-hashed and its content re-derived."""
-    progress.begin("reading partitions", sum(p.bytes for p in manifest.partitions), unit="bytes")
+def read_version_tables(
+    repo: Repository, manifest: Manifest, progress: Progress, entries: list[PartitionEntry] | None = None
+) -> tuple[list[pa.Table], int]:
+    """Partitions of a version (all, or `entries`) as Arrow tables, each object re-hashed and its content re-derived."""
+    entries = list(manifest.partitions) if entries is None else entries
+    progress.begin("reading partitions", sum(p.bytes for p in entries), unit="bytes")
 
     def read(entry: Any) -> pa.Table:
         where = f"partition {entry.key} of version {manifest.version}"
@@ -76,9 +118,9 @@ def read_version_tables(repo: Repository, manifest: Manifest, progress: Progress
         return table
 
     with ThreadPoolExecutor(max_workers=READER_THREADS) as pool:
-        tables = list(pool.map(read, manifest.partitions))
+        tables = list(pool.map(read, entries))
     progress.end()
-    return tables, sum(p.bytes for p in manifest.partitions)
+    return tables, sum(p.bytes for p in entries)
 
 
 def load_extras(repo: Repository, manifest: Manifest) -> dict[str, Any]:
@@ -105,11 +147,21 @@ def cache_matches_version(repo: Repository, cache: Path) -> str | None:
     return None
 
 
+def ensure_cache_is_saved(repo: Repository, cache: Path) -> None:
+    """Raise UnsavedWork if the cache holds content no version records (an absent cache is fine)."""
+    digests = file_digests(cache)
+    if digests is not None:
+        _refuse_unsaved_work(repo, cache, digests, repo.cache_stamp(cache))
+
+
 def _refuse_unsaved_work(
     repo: Repository, cache: Path, digests: dict[str, str | None], stamp: tuple[str, dict[str, str | None]] | None
 ) -> None:
     if stamp is not None and stamp[1] == digests:
         return  # the cache is exactly a version we wrote or recorded
+    partial = repo.partial_stamp(cache)
+    if partial is not None and partial[2] == digests:
+        return  # exactly the partial cache we wrote
     try:
         if cache_matches_version(repo, cache) is not None:
             return

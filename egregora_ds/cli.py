@@ -223,6 +223,8 @@ def status(cache: CacheOpt = None, json: JsonFlag = False) -> None:
                         (result.order_changed, "row order changed"), (result.model_changed, "dimension or dtype changed")):
         if flag:
             out.print(f"  {label}")
+    if result.partial:
+        out.print(f"  partial checkout: the cache holds only {', '.join(result.partial)}")
     out.print(f"  unchanged {len(p.unchanged)} partitions. Run `egds snapshot` to record.")
 
 
@@ -273,6 +275,103 @@ def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what w
     verb = "Would delete" if dry_run else "Deleted"
     out.print(f"{verb} {len(result.objects)} objects, {len(result.manifests)} manifests, "
               f"{len(result.temp_files)} temp files ({_size(result.bytes_freed)})")
+
+
+remote_app = typer.Typer(no_args_is_help=True, help="Manage remotes: directories or Internet Archive items.")
+app.add_typer(remote_app, name="remote")
+
+
+@remote_app.command("add")
+def remote_add(
+    name: str,
+    url: Annotated[str, typer.Argument(help="A directory path, file:///path, or ia:IDENTIFIER.")],
+    title: Annotated[str, typer.Option("--title", help="Dataset title for the remote's card.")] = "",
+    description: Annotated[str, typer.Option("--description", help="Dataset description for the card.")] = "",
+    license: Annotated[str, typer.Option("--license", help="License shown on the card, e.g. CC-BY-4.0.")] = "",
+) -> None:
+    """Add a named remote."""
+    config = _run(lambda: _repo().remote_add(name, url, title=title, description=description, license=license))
+    out.print(f"Added remote {name}: {config.url}")
+
+
+@remote_app.command("list")
+def remote_list(json: JsonFlag = False) -> None:
+    """List remotes."""
+    remotes = _run(lambda: _repo().remote_list())
+    if json:
+        return _print_json(remotes)
+    for name, config in remotes.items():
+        out.print(f"{name}\t{config.url}", markup=False)
+
+
+@remote_app.command("remove")
+def remote_remove(name: str) -> None:
+    """Forget a remote (nothing on the remote is deleted)."""
+    config = _run(lambda: _repo().remote_remove(name))
+    out.print(f"Removed remote {name} ({config.url})")
+
+
+@app.command()
+def push(
+    remote: Annotated[str, typer.Argument(help="Remote name.")] = "origin",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; upload nothing.")] = False,
+    json: JsonFlag = False,
+) -> None:
+    """Upload the objects the remote lacks, then manifests, then the dataset card, then the ref."""
+    repo = _run(_repo)
+    result = _run(lambda: repo.push(remote, dry_run=dry_run, progress=_RichProgress()))
+    if json:
+        return _print_json(result)
+    if dry_run and result.plan is not None:
+        plan = result.plan
+        out.print(f"Plan for {remote} ({plan.url}): v{plan.version} ({plan.ref[:12]})")
+        for item in plan.objects:
+            out.print(f"  upload {item.key} ({_size(item.bytes)})", markup=False)
+        for key in plan.manifests:
+            out.print(f"  upload {key}", markup=False)
+        if plan.card:
+            out.print("  upload README.md and manifest.json")
+        out.print(f"  {'move' if plan.ref_update else 'keep'} ref egds/refs/main; {plan.objects_skipped} objects already there")
+        return
+    if not (result.objects_uploaded or result.manifests_uploaded or result.ref_updated or result.card_uploaded):
+        out.print(f"{remote} is up to date (v{result.version}).")
+        return
+    out.print(f"Pushed v{result.version} to {remote}: {result.objects_uploaded} objects ({_size(result.bytes_uploaded)}), "
+              f"{result.manifests_uploaded} manifests; {result.objects_skipped} objects were already there")
+
+
+@app.command()
+def pull(remote: Annotated[str, typer.Argument(help="Remote name.")] = "origin", json: JsonFlag = False) -> None:
+    """Fetch new versions from a remote and check out the latest (never over unsaved work)."""
+    repo = _run(_repo)
+    result = _run(lambda: repo.pull(remote, progress=_RichProgress()))
+    if json:
+        return _print_json(result)
+    if not result.updated:
+        out.print(f"Already up to date with {remote} (v{result.version}).")
+    else:
+        out.print(f"Pulled v{result.version} ({result.id[:12]}) from {remote}: {result.objects_fetched} objects "
+                  f"({_size(result.bytes_fetched)}); cache {result.cache} updated")
+
+
+@app.command()
+def clone(
+    url: Annotated[str, typer.Argument(help="ia:IDENTIFIER, a directory path or file:///path.")],
+    directory: Annotated[Optional[Path], typer.Argument(help="Where to create the repository.")] = None,
+    rev: Annotated[str, typer.Option("--rev", help="Version to check out.")] = "latest",
+    partitions: Annotated[Optional[str], typer.Option("--partitions", help="Comma-separated partition keys to fetch.")] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Create a repository from a remote (no credentials needed) and rebuild the cache."""
+    keys = [k.strip() for k in partitions.split(",") if k.strip()] if partitions is not None else None
+    target = state.directory / directory if directory is not None else None
+    result = _run(lambda: Repository.clone(url, target, rev=rev, partitions=keys, progress=_RichProgress()))
+    if json:
+        return _print_json(result)
+    out.print(f"Cloned {result.url} into {result.directory}: v{result.version} ({result.id[:12]}), {result.rows} rows, "
+              f"{result.objects_fetched} objects ({_size(result.bytes_fetched)}) verified")
+    if result.partial:
+        out.print(f"Partial clone: the cache holds only partitions {', '.join(result.partitions)}")
 
 
 def _size(n: int) -> str:

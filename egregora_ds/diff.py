@@ -52,6 +52,7 @@ def status(repo: Repository, cache: Path) -> StatusResult:
             version=latest.version, id=head, cache=str(cache), clean=True, rows=latest.rows,
             partitions=PartitionStatus(unchanged=keys, changed=[], added=[], removed=[]),
             index_changed=False, extras_changed=False, order_changed=False, model_changed=False,
+            partial=None,
         )
     contents = read_cache(cache)
     partitioned, extras = analyse_cache(contents, repo.config.partitioning, allow_nonfinite=True)
@@ -76,6 +77,7 @@ def status(repo: Repository, cache: Path) -> StatusResult:
         extras_changed=extras_changed,
         order_changed=order_changed,
         model_changed=model_changed,
+        partial=sorted(repo.partial_partitions(cache) or []) or None,
     )
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .card import object_key
 from .errors import EgdsError
+from .remotes import HoldingsRecord
 from .ids import JSON, PARQUET, hash_file, short
 from .model import Manifest, decode_manifest
 from .parquet_io import read_partition
@@ -80,12 +82,18 @@ def verify(repo: Repository, *, deep: bool, progress: Progress) -> VerifyReport:
                 problems.append(f"version {manifest.version} ({short(current)}) has no parent; only version 1 may")
             current = parent
 
+    on_remote: set[str] = set()
+    for name in repo.remotes.load():
+        on_remote |= HoldingsRecord(repo.remotes.record_dir / f"{name}.known").load()
+    unfetched: set[str] = set()
     for manifest_id, manifest in manifests.items():
-        problems.extend(_check_manifest(manifest_id, manifest, good_objects, store.has_object))
+        problems.extend(_check_manifest(manifest_id, manifest, good_objects, store.has_object, on_remote, unfetched))
         if manifest_id not in reachable:
             notes.append(f"manifest {short(manifest_id)} (version {manifest.version}) is not reachable from any ref; `egds gc` removes it")
     if deep:
         _deep_check(repo, manifests, good_objects, problems, progress)
+    if unfetched:
+        notes.append(f"{len(unfetched)} objects are on a remote but not fetched here (a partial clone); checkout fetches them")
     temps = store.temp_files()
     if temps:
         notes.append(f"{len(temps)} temporary files left by an interrupted command; `egds gc` removes them")
@@ -94,17 +102,23 @@ def verify(repo: Repository, *, deep: bool, progress: Progress) -> VerifyReport:
     )
 
 
-def _check_manifest(manifest_id: str, m: Manifest, good: set[tuple[str, str]], has_object) -> list[str]:
+def _check_manifest(
+    manifest_id: str, m: Manifest, good: set[tuple[str, str]], has_object, on_remote: set[str], unfetched: set[str]
+) -> list[str]:
+    """Problems of one manifest; objects missing here but held by a remote (a partial clone) go to `unfetched`."""
     label = f"version {m.version} ({short(manifest_id)})"
     problems = []
-    for entry in m.partitions:
-        if (entry.object, PARQUET) not in good:
-            state = "corrupt" if has_object(entry.object, PARQUET) else "missing"
-            problems.append(f"{label}: object {short(entry.object)}.parquet of partition {entry.key} is {state}")
-    for field, object_id in (("extras", m.extras), ("index.json", m.index)):
-        if object_id is not None and (object_id, JSON) not in good:
-            state = "corrupt" if has_object(object_id, JSON) else "missing"
-            problems.append(f"{label}: {field} object {short(object_id)}.json is {state}")
+    named = [(p.object, PARQUET, f"object {short(p.object)}.parquet of partition {p.key}") for p in m.partitions]
+    named += [(i, JSON, f"{field} object {short(i)}.json") for field, i in (("extras", m.extras), ("index.json", m.index)) if i]
+    for object_id, suffix, what in named:
+        if (object_id, suffix) in good:
+            continue
+        if has_object(object_id, suffix):
+            problems.append(f"{label}: {what} is corrupt")
+        elif object_key(object_id, suffix) in on_remote:
+            unfetched.add(object_key(object_id, suffix))
+        else:
+            problems.append(f"{label}: {what} is missing")
     if sum(p.rows for p in m.partitions) != m.rows:
         problems.append(f"{label}: partition rows add up to {sum(p.rows for p in m.partitions)}, manifest says {m.rows}")
     run_rows = [0] * len(m.partitions)

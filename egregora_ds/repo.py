@@ -16,9 +16,11 @@ from .model import FORMAT_VERSION, PARTITIONINGS, Config, Manifest, decode_confi
 from .progress import NO_PROGRESS, Progress
 from .results import LogEntry, TagResult
 from .revisions import check_tag_name, history, resolve_version
+from .remotes import RemoteConfig, RemoteRegistry, normalise_url
 from .store.local import LocalStore
 
 if TYPE_CHECKING:
+    from .transfer import CloneResult, PullResult, PushResult
     from .results import CheckoutResult, DiffResult, GcResult, SnapshotResult, StatusResult, VerifyReport
 
 REPO_DIR = ".egds"
@@ -32,6 +34,7 @@ class Repository:
         self.root = root
         self.config = config
         self.store = LocalStore(root / REPO_DIR)
+        self.remotes = RemoteRegistry(self.store.root)
         self._manifests: dict[str, Manifest] = {}
 
     # ---- opening -------------------------------------------------------------------------------
@@ -170,22 +173,47 @@ class Repository:
     def _state_path(self) -> Path:
         return self.store.root / "state.json"
 
-    def cache_stamp(self, cache: Path) -> tuple[str, dict[str, str | None]] | None:
+    def _cache_entry(self, cache: Path) -> dict | None:
         try:
-            state = json.loads(self._state_path().read_bytes())
-            entry = state["caches"][str(cache)]
-            return entry["manifest"], entry["digests"]
+            entry = json.loads(self._state_path().read_bytes())["caches"][str(cache)]
+            return entry if isinstance(entry, dict) else None
         except (FileNotFoundError, KeyError, TypeError, ValueError):
             return None
 
-    def set_cache_stamp(self, cache: Path, manifest_id: str, digests: dict[str, str | None]) -> None:
+    def cache_stamp(self, cache: Path) -> tuple[str, dict[str, str | None]] | None:
+        """(version id, file digests) when the cache was last written as that whole version."""
+        entry = self._cache_entry(cache)
+        if entry is None or entry.get("partitions") is not None:
+            return None
+        try:
+            return entry["manifest"], entry["digests"]
+        except KeyError:
+            return None
+
+    def partial_stamp(self, cache: Path) -> tuple[str, list[str], dict[str, str | None]] | None:
+        """(version id, partitions, digests) when the cache was last checked out with only some partitions."""
+        entry = self._cache_entry(cache)
+        if entry is None or entry.get("partitions") is None:
+            return None
+        try:
+            return entry["manifest"], list(entry["partitions"]), entry["digests"]
+        except (KeyError, TypeError):
+            return None
+
+    def partial_partitions(self, cache: Path) -> set[str] | None:
+        stamp = self.partial_stamp(cache)
+        return None if stamp is None else set(stamp[1])
+
+    def set_cache_stamp(
+        self, cache: Path, manifest_id: str, digests: dict[str, str | None], partitions: list[str] | None = None
+    ) -> None:
         try:
             state = json.loads(self._state_path().read_bytes())
             if not isinstance(state.get("caches"), dict):
                 raise ValueError
         except (FileNotFoundError, ValueError, AttributeError):
             state = {"caches": {}}
-        state["caches"][str(cache)] = {"manifest": manifest_id, "digests": digests}
+        state["caches"][str(cache)] = {"manifest": manifest_id, "digests": digests, "partitions": partitions}
         atomic_write_bytes(self._state_path(), json.dumps(state, indent=2, sort_keys=True).encode())
 
     # ---- operations (each in its own module) ---------------------------------------------------
@@ -204,11 +232,18 @@ class Repository:
         return snapshot(self, message, allow_nonfinite=allow_nonfinite, new_model=new_model, model=model, progress=progress)
 
     def checkout(
-        self, rev: str = "latest", cache: str | Path | None = None, *, force: bool = False, progress: Progress = NO_PROGRESS
+        self,
+        rev: str = "latest",
+        cache: str | Path | None = None,
+        *,
+        force: bool = False,
+        partitions: list[str] | None = None,
+        progress: Progress = NO_PROGRESS,
     ) -> CheckoutResult:
+        """Rebuild the cache of `rev`; `partitions` limits it to those keys (a partial cache)."""
         from .checkout import checkout
 
-        return checkout(self, rev, self.resolve_cache(cache), force=force, progress=progress)
+        return checkout(self, rev, self.resolve_cache(cache), force=force, partitions=partitions, progress=progress)
 
     def status(self, cache: str | Path | None = None) -> StatusResult:
         from .diff import status
@@ -229,3 +264,43 @@ class Repository:
         from .maintenance import gc
 
         return gc(self, dry_run=dry_run)
+
+    # ---- remotes -------------------------------------------------------------------------------
+
+    def remote_add(self, name: str, url: str, *, title: str = "", description: str = "", license: str = "") -> RemoteConfig:
+        config = RemoteConfig(url=normalise_url(url, Path.cwd()), title=title, description=description, license=license)
+        self.remotes.add(name, config)
+        return config
+
+    def remote_remove(self, name: str) -> RemoteConfig:
+        config = self.remotes.remove(name)
+        for ref in self.store.ref_names(f"remotes/{name}"):
+            self.store.delete_ref(ref)
+        return config
+
+    def remote_list(self) -> dict[str, RemoteConfig]:
+        return self.remotes.load()
+
+    def push(self, remote: str = "origin", *, dry_run: bool = False, progress: Progress = NO_PROGRESS) -> PushResult:
+        from .transfer import push
+
+        return push(self, remote, dry_run=dry_run, progress=progress)
+
+    def pull(self, remote: str = "origin", *, progress: Progress = NO_PROGRESS) -> PullResult:
+        from .transfer import pull
+
+        return pull(self, remote, progress=progress)
+
+    @staticmethod
+    def clone(
+        url: str,
+        directory: str | Path | None = None,
+        *,
+        rev: str = "latest",
+        partitions: list[str] | None = None,
+        progress: Progress = NO_PROGRESS,
+    ) -> CloneResult:
+        """Create a repository from a remote (no credentials needed) and check out `rev`."""
+        from .transfer import clone
+
+        return clone(url, Path(directory) if directory is not None else None, rev=rev, partitions=partitions, progress=progress)

@@ -51,6 +51,8 @@ class CheckoutResult(msgspec.Struct, frozen=True):
     partitions: int
     bytes_read: int
     already_current: bool = False
+    partial: bool = False
+    """True when only some partitions were checked out (`partitions` of them)."""
 
 
 class PartitionStatus(msgspec.Struct, frozen=True):
@@ -72,6 +74,8 @@ class StatusResult(msgspec.Struct, frozen=True):
     extras_changed: bool
     order_changed: bool
     model_changed: bool
+    partial: list[str] | None = None
+    """Partitions the cache holds when it is a partial checkout (a partial clone); None for a full cache."""
 
 
 class DiffPartitions(msgspec.Struct, frozen=True):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from . import __version__
 from .cache import CacheContents, file_digests, read_cache
-from .errors import ModelChanged
+from .errors import ModelChanged, UsageError
 from .ids import JSON, PARQUET, hash_bytes
 from .model import FORMAT_VERSION, Manifest, PartitionEntry, encode_manifest
 from .parquet_io import write_partition
@@ -73,6 +74,7 @@ def snapshot(
 
         contents = read_cache(cache_path)
         cache, extras_bytes = analyse_cache(contents, repo.config.partitioning, allow_nonfinite)
+        _refuse_partial_cache(repo, cache_path, cache)
         extras_id = hash_bytes(extras_bytes) if extras_bytes is not None else None
         index_id = hash_bytes(contents.index_bytes) if contents.index_bytes is not None else None
         if parent is not None:
@@ -129,6 +131,22 @@ def _unchanged(head: str, parent: Manifest, message: str) -> SnapshotResult:
         bytes_written=0,
         message=message,
     )
+
+
+def _refuse_partial_cache(repo: Repository, cache_path: Path, cache: PartitionedCache) -> None:
+    """A partial checkout lacks partitions on purpose; recording it would delete them from history's tip."""
+    partial = repo.partial_stamp(cache_path)
+    if partial is None:
+        return
+    base = repo.manifest(partial[0])
+    left_out = {p.key for p in base.partitions} - set(partial[1])
+    missing = sorted(left_out - {p.key for p in cache.partitions})
+    if missing:
+        shown = ", ".join(missing[:6]) + (" …" if len(missing) > 6 else "")
+        raise UsageError(
+            f"the cache is a partial checkout of v{base.version} without partitions {shown}; a snapshot would record "
+            f"them as deleted. Run `egds checkout v{base.version} --force` for the full cache first"
+        )
 
 
 def _check_model(parent: Manifest, model: str, cache: PartitionedCache, new_model: bool) -> None:

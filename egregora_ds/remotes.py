@@ -1,0 +1,131 @@
+"""Named remotes: URL parsing, `.egds/remotes.json`, and the local record of what each remote holds."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import msgspec
+
+from .atomic import atomic_write_bytes
+from .errors import UsageError
+from .store.base import Remote
+from .store.directory import DirectoryRemote
+from .store.ia import InternetArchiveRemote, check_identifier
+from .store.memory import memory_remote
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
+
+
+class RemoteConfig(msgspec.Struct, frozen=True):
+    url: str
+    title: str = ""
+    description: str = ""
+    license: str = ""
+
+
+def normalise_url(url: str, base: Path) -> str:
+    """`ia:ID` stays as is (validated); a path or file:// URL becomes an absolute path."""
+    url = url.strip()
+    if url.startswith("memory:") and len(url) > len("memory:"):
+        return url  # process-local, for tests and embedding applications
+    if url.startswith("ia:"):
+        check_identifier(url[3:])
+        return url
+    if url.startswith("file://"):
+        path = url[len("file://") :]
+        if not path.startswith("/"):
+            raise UsageError(f"malformed remote URL {url!r}: use file:///absolute/path")
+        return str(Path(path).resolve())
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url) or not url:
+        raise UsageError(f"unsupported remote URL {url!r}: use a directory path, file:///path or ia:IDENTIFIER")
+    return str((base / url).resolve())
+
+
+def open_remote(url: str, *, title: str = "", description: str = "", subject: str = "") -> Remote:
+    if url.startswith("ia:"):
+        metadata = {"mediatype": "data", "title": title or f"egds dataset {url[3:]}"}
+        if description:
+            metadata["description"] = description
+        metadata["subject"] = subject or "embeddings;egds;parquet"
+        return InternetArchiveRemote(url[3:], item_metadata=metadata, backoff=float(os.environ.get("EGDS_RETRY_BACKOFF", "1")))
+    if url.startswith("memory:"):
+        return memory_remote(url[len("memory:") :])
+    return DirectoryRemote(Path(url))
+
+
+class RemoteRegistry:
+    """`.egds/remotes.json`: name -> RemoteConfig."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "remotes.json"
+        self.record_dir = root / "remotes"
+
+    def load(self) -> dict[str, RemoteConfig]:
+        try:
+            return msgspec.json.decode(self.path.read_bytes(), type=dict[str, RemoteConfig])
+        except FileNotFoundError:
+            return {}
+        except msgspec.DecodeError as exc:
+            raise UsageError(f"{self.path} is damaged ({exc}); fix or delete it and add the remotes again") from None
+
+    def save(self, remotes: dict[str, RemoteConfig]) -> None:
+        atomic_write_bytes(self.path, msgspec.json.format(msgspec.json.encode(dict(sorted(remotes.items()))), indent=2) + b"\n")
+
+    def add(self, name: str, config: RemoteConfig) -> None:
+        if not _NAME.fullmatch(name):
+            raise UsageError(f"invalid remote name {name!r}: use a letter then letters, digits, '.', '_' or '-'")
+        remotes = self.load()
+        if name in remotes:
+            raise UsageError(f"remote {name!r} already exists ({remotes[name].url}); remove it first")
+        remotes[name] = config
+        self.save(remotes)
+
+    def remove(self, name: str) -> RemoteConfig:
+        remotes = self.load()
+        if name not in remotes:
+            raise UsageError(f"no remote named {name!r}; see `egds remote list`")
+        config = remotes.pop(name)
+        self.save(remotes)
+        (self.record_dir / f"{name}.known").unlink(missing_ok=True)
+        return config
+
+    def get(self, name: str) -> RemoteConfig:
+        remotes = self.load()
+        if name not in remotes:
+            known = ", ".join(sorted(remotes)) or "none"
+            raise UsageError(f"no remote named {name!r} (known: {known}); add one with `egds remote add NAME URL`")
+        return remotes[name]
+
+
+class HoldingsRecord:
+    """Keys a remote is known to hold because we uploaded or downloaded and verified them.
+
+    Append-only lines, flushed after each key, so an interrupted push keeps what it achieved and
+    IA's metadata lag (a fresh upload missing from the listing for minutes) never causes a re-upload.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> set[str]:
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return set()
+        return {line for line in lines if line and not line.startswith("#")}
+
+    def add(self, key: str) -> None:
+        self.add_many([key])
+
+    def add_many(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as out:
+            out.write("".join(key + "\n" for key in keys))
+            out.flush()
+            os.fsync(out.fileno())
+
+

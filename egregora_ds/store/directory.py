@@ -1,0 +1,76 @@
+"""A remote that is a plain directory (a USB disk, a mounted share): `/path` or `file:///path`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..atomic import fsync_dir
+from .base import RemoteAuthError, RemoteError, RemoteFile
+
+
+class DirectoryRemote:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(part in ("", ".", "..") for part in parts):
+            raise RemoteError(f"refusing remote key {key!r}: not a plain relative path")
+        return self.root.joinpath(*parts)
+
+    def inventory(self) -> dict[str, RemoteFile]:
+        if not self.root.exists():
+            return {}
+        if not self.root.is_dir():
+            raise RemoteError(f"remote {self.root} is not a directory")
+        found: dict[str, RemoteFile] = {}
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    continue  # an upload in progress (or killed): not part of the remote
+                path = Path(dirpath) / name
+                found[path.relative_to(self.root).as_posix()] = RemoteFile(size=path.stat().st_size)
+        return found
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RemoteError(f"cannot read {key} from {self.root}: {exc.strerror}") from None
+
+    def put(self, key: str, source: Path | bytes) -> None:
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    if isinstance(source, Path):
+                        with open(source, "rb") as src:
+                            shutil.copyfileobj(src, out, 1 << 20)
+                    else:
+                        out.write(source)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            fsync_dir(target.parent)
+        except OSError as exc:
+            raise RemoteError(f"cannot write {key} to {self.root}: {exc.strerror or exc}") from None
+
+    def check_writable(self) -> None:
+        probe = self.root if self.root.exists() else self.root.parent
+        if not os.access(probe, os.W_OK):
+            raise RemoteAuthError(f"remote directory {self.root} is not writable by this user")
+
+    def describe(self) -> str:
+        return str(self.root)
+

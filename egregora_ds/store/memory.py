@@ -1,0 +1,48 @@
+"""An in-memory remote: the reference behaviour for the conformance suite, and fast tests."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+from .base import RemoteFile
+
+
+class MemoryRemote:
+    def __init__(self, name: str = "memory") -> None:
+        self.url = f"memory:{name}"
+        self.files: dict[str, bytes] = {}
+        self.puts: list[str] = []
+        """Every key put, in order (tests assert on what was uploaded)."""
+        self._lock = threading.Lock()
+
+    def inventory(self) -> dict[str, RemoteFile]:
+        with self._lock:
+            return {k: RemoteFile(size=len(v), md5=hashlib.md5(v).hexdigest()) for k, v in self.files.items()}
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self.files.get(key)
+
+    def put(self, key: str, source: Path | bytes) -> None:
+        data = source.read_bytes() if isinstance(source, Path) else bytes(source)
+        with self._lock:
+            self.files[key] = data
+            self.puts.append(key)
+
+    def check_writable(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self.url
+
+
+_REGISTRY: dict[str, MemoryRemote] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def memory_remote(name: str) -> MemoryRemote:
+    """The process-wide memory remote called `name` (URL `memory:name`), created on first use."""
+    with _REGISTRY_LOCK:
+        return _REGISTRY.setdefault(name, MemoryRemote(name))
