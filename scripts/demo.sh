@@ -31,6 +31,14 @@ step egds diff v1 v2
 step egds checkout v1 --cache restored-v1
 step egds verify
 
+# Publish to a directory remote (a USB disk, a share; `ia:IDENTIFIER` for the Internet Archive),
+# then bootstrap a second copy from it as anyone would, every byte verified.
+step egds remote add backup remote --title "Egregora newsletter embeddings (demo)" --license CC-BY-4.0
+step egds push backup
+step egds push backup                              # nothing new: uploads nothing
+step egds clone remote clone
+step egds -C clone checkout v1 --cache restored-v1
+
 python - <<'PY'
 import json, pickle
 import numpy as np
@@ -44,10 +52,12 @@ def load(path):
         index = json.load(f)
     return arr, meta, index
 
-a, b = load("original-v1"), load("restored-v1")
-assert a[0].dtype == b[0].dtype and a[0].shape == b[0].shape, "shape/dtype differ"
-assert np.array_equal(a[0].view(np.uint32), b[0].view(np.uint32)), "vectors differ"
-assert a[1] == b[1] and a[2] == b[2], "metadata.json or index.json differ"
-print(f"\nOK: restored v1 is identical to the original cache ({a[0].shape[0]} x {a[0].shape[1]} {a[0].dtype}, "
-      "metadata.json and index.json equal)")
+a = load("original-v1")
+for copy in ("restored-v1", "clone/restored-v1"):
+    b = load(copy)
+    assert a[0].dtype == b[0].dtype and a[0].shape == b[0].shape, f"{copy}: shape/dtype differ"
+    assert np.array_equal(a[0].view(np.uint32), b[0].view(np.uint32)), f"{copy}: vectors differ"
+    assert a[1] == b[1] and a[2] == b[2], f"{copy}: metadata.json or index.json differ"
+    print(f"OK: {copy} is identical to the original v1 cache ({a[0].shape[0]} x {a[0].shape[1]} {a[0].dtype}, "
+          "metadata.json and index.json equal)")
 PY
