@@ -7,6 +7,8 @@ Every CLI command and MCP tool is one method call here; methods return typed res
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,32 @@ REPO_DIR = ".egds"
 MAIN_REF = "main"
 DEFAULT_CACHE = "cache/rag"
 DEFAULT_MODEL = "models/text-embedding-004"
+
+
+_TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,99}")
+
+
+class _TagRefs(Mapping[str, str]):
+    """Tags read one at a time, on demand: a damaged tag only matters to a revision that names it."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self._store = store
+
+    def __contains__(self, name: object) -> bool:
+        # Only well-formed names reach the file system: a revision like `../../x` is never a path.
+        return isinstance(name, str) and _TAG_NAME.fullmatch(name) is not None and self._store.ref_path(f"tags/{name}").is_file()
+
+    def __getitem__(self, name: str) -> str:
+        target = self._store.read_ref(f"tags/{name}") if name in self else None
+        if target is None:
+            raise KeyError(name)
+        return target
+
+    def __iter__(self) -> Iterator[str]:
+        return (name.removeprefix("tags/") for name in self._store.ref_names("tags"))
+
+    def __len__(self) -> int:
+        return len(self._store.ref_names("tags"))
 
 
 class Repository:
@@ -127,7 +155,7 @@ class Repository:
 
     def resolve(self, rev: str = "latest") -> tuple[str, Manifest]:
         chain = self.history()
-        manifest_id = resolve_version(rev, chain, self.tags(), self.store.manifest_ids())
+        manifest_id = resolve_version(rev, chain, _TagRefs(self.store), self.store.manifest_ids())
         return manifest_id, self.manifest(manifest_id)
 
     def log(self, limit: int | None = None) -> list[LogEntry]:
