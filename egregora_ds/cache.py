@@ -241,9 +241,12 @@ def decode_json(data: bytes, file: Path) -> Any:
         raise CacheError(f"{file} is not valid JSON ({exc}); fix it or re-create it with the pipeline") from None
 
 
-def encode_json(value: Any) -> bytes:
-    """Compact UTF-8 JSON; msgspec for speed, stdlib where msgspec would be lossy (NaN, ±Inf)."""
-    if not _has_nonfinite(value):
+def encode_json(value: Any, may_be_nonfinite: bool = True) -> bytes:
+    """Compact UTF-8 JSON; msgspec for speed, stdlib where msgspec would be lossy (NaN, ±Inf).
+
+    `may_be_nonfinite=False` is the caller's promise that no float in `value` is NaN/±Inf, which
+    skips a walk over every value (checkout knows it from the stored extras)."""
+    if not (may_be_nonfinite and has_nonfinite(value)):
         try:
             return msgspec.json.encode(value)
         except (TypeError, OverflowError, msgspec.EncodeError):
@@ -251,7 +254,7 @@ def encode_json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _has_nonfinite(value: Any) -> bool:
+def has_nonfinite(value: Any) -> bool:
     stack = [value]
     while stack:
         item = stack.pop()

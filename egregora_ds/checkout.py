@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from .cache import encode_json, file_digests, read_cache, write_cache
+from .cache import encode_json, file_digests, has_nonfinite, read_cache, write_cache
 from .errors import CacheError, CorruptObject, UnsavedWork, UsageError
 from .ids import JSON, PARQUET, hash_bytes, short
 from .model import Manifest, OrderRun, PartitionEntry
 from .parquet_io import read_partition
 from .progress import Progress
-from .rebuild import rebuild_chunks, rebuild_embeddings
+from .rebuild import extras_may_be_nonfinite, rebuild_chunks, rebuild_embeddings
 from .results import CheckoutResult
 from .table import EMBEDDING, content_hash
 
@@ -48,11 +48,13 @@ def checkout(
         embeddings = rebuild_embeddings(tables, row_order, rows, manifest.dim, manifest.dtype)
         tables = [t.drop_columns([EMBEDDING]) for t in tables]
         chunks = rebuild_chunks(tables, row_order)
+        nonfinite_possible = extras_may_be_nonfinite(tables)
         del tables
         extras = load_extras(repo, manifest)
         metadata = {"chunks": chunks, **extras.get("metadata", {})}
+        nonfinite_possible = nonfinite_possible or has_nonfinite(extras.get("metadata", {}))
         index_bytes = repo.store.read_object(manifest.index, JSON, "index.json") if manifest.index else None
-        new_digests = write_cache(cache, embeddings, extras.get("pickle", {}), encode_json(metadata), index_bytes)
+        new_digests = write_cache(cache, embeddings, extras.get("pickle", {}), encode_json(metadata, nonfinite_possible), index_bytes)
         repo.set_cache_stamp(cache, manifest_id, new_digests, None if partitions is None else selected)
     return _result(manifest_id, manifest, selected, cache, bytes_read)
 

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .model import OrderRun
 from .table import CHUNK_ID, DATE, EMBEDDING, EXTRA, TYPED_FIELDS
@@ -24,6 +25,22 @@ def rebuild_chunks(tables: Sequence[pa.Table], row_order: Sequence[OrderRun]) ->
         chunks.extend(per_partition[run.partition][start : start + run.rows])
         cursors[run.partition] = start + run.rows
     return chunks
+
+
+def extras_may_be_nonfinite(tables: Sequence[pa.Table]) -> bool:
+    """Whether any chunk's extra JSON may hold NaN/±Infinity (the only floats a chunk can have:
+    typed columns are strings, ints and dates). A cheap substring test; false positives only
+    cost the slower, exact JSON encoder."""
+    for table in tables:
+        if EXTRA not in table.column_names:
+            continue
+        extra = table.column(EXTRA)
+        if extra.null_count == len(extra):
+            continue
+        for token in ("NaN", "Infinity"):
+            if pc.any(pc.match_substring(extra, token)).as_py():
+                return True
+    return False
 
 
 def _partition_chunks(table: pa.Table) -> list[dict[str, Any]]:
