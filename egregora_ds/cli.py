@@ -290,7 +290,8 @@ def remote_add(
     license: Annotated[str, typer.Option("--license", help="License shown on the card, e.g. CC-BY-4.0.")] = "",
 ) -> None:
     """Add a named remote."""
-    config = _run(lambda: _repo().remote_add(name, url, title=title, description=description, license=license))
+    config = _run(lambda: _repo().remote_add(name, url, title=title, description=description, license=license,
+                                                  base=state.directory))
     out.print(f"Added remote {name}: {config.url}")
 
 
@@ -364,14 +365,24 @@ def clone(
 ) -> None:
     """Create a repository from a remote (no credentials needed) and rebuild the cache."""
     keys = [k.strip() for k in partitions.split(",") if k.strip()] if partitions is not None else None
-    target = state.directory / directory if directory is not None else None
-    result = _run(lambda: Repository.clone(url, target, rev=rev, partitions=keys, progress=_RichProgress()))
+    result = _run(lambda: Repository.clone(url, directory, rev=rev, partitions=keys, progress=_RichProgress(),
+                                           base=state.directory))
     if json:
         return _print_json(result)
     out.print(f"Cloned {result.url} into {result.directory}: v{result.version} ({result.id[:12]}), {result.rows} rows, "
               f"{result.objects_fetched} objects ({_size(result.bytes_fetched)}) verified")
     if result.partial:
         out.print(f"Partial clone: the cache holds only partitions {', '.join(result.partitions)}")
+
+
+@app.command("mcp")
+def mcp_command(
+    directory: Annotated[Optional[Path], typer.Option("-C", help="Project to serve (default: the global -C).")] = None,
+) -> None:
+    """Serve this repository to AI assistants: a Model Context Protocol server on stdin/stdout."""
+    from . import mcp_server  # the MCP SDK is imported only by this command
+
+    _run(lambda: mcp_server.serve(state.directory / directory if directory is not None else state.directory))
 
 
 def _size(n: int) -> str:

@@ -91,13 +91,13 @@ def encode_manifest(manifest: Manifest) -> bytes:
     return msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"
 
 
-def decode_manifest(data: bytes, where: str) -> Manifest:
-    """Decode and validate a manifest; `where` names it in errors (a path or an id)."""
-    _check_format(data, where)
+def decode_manifest(data: bytes, where: str, advice: str = "run `egds verify`") -> Manifest:
+    """Decode and validate a manifest; `where` names it in errors (`manifest ab12…`), `advice` says what to do."""
+    _check_format(data, where, advice)
     try:
         return msgspec.json.decode(data, type=Manifest)
     except msgspec.DecodeError as exc:
-        raise CorruptObject(f"manifest {where} is not valid: {exc}; run `egds verify`") from None
+        raise CorruptObject(f"{where} is not valid: {exc}; {advice}") from None
 
 
 def encode_config(config: Config) -> bytes:
@@ -112,11 +112,11 @@ def decode_config(data: bytes, where: str) -> Config:
         raise CorruptObject(f"{where} is not a valid egds config: {exc}") from None
 
 
-def _check_format(data: bytes, where: str) -> None:
+def _check_format(data: bytes, where: str, advice: str = "run `egds verify`") -> None:
     try:
         probe = msgspec.json.decode(data, type=_FormatProbe)
     except msgspec.DecodeError as exc:
-        raise CorruptObject(f"{where} is damaged ({exc}); run `egds verify`") from None
+        raise CorruptObject(f"{where} is damaged ({exc}); {advice}") from None
     if probe.format > FORMAT_VERSION:
         raise FormatTooNew(
             f"{where} uses format {probe.format}, newer than this egds understands ({FORMAT_VERSION}); "

@@ -295,8 +295,12 @@ class Repository:
 
     # ---- remotes -------------------------------------------------------------------------------
 
-    def remote_add(self, name: str, url: str, *, title: str = "", description: str = "", license: str = "") -> RemoteConfig:
-        config = RemoteConfig(url=normalise_url(url, Path.cwd()), title=title, description=description, license=license)
+    def remote_add(
+        self, name: str, url: str, *, title: str = "", description: str = "", license: str = "", base: str | Path | None = None
+    ) -> RemoteConfig:
+        """Add a remote; a relative directory URL is relative to `base` (default: the current directory)."""
+        where = Path(base).resolve() if base is not None else Path.cwd()
+        config = RemoteConfig(url=normalise_url(url, where), title=title, description=description, license=license)
         self.remotes.add(name, config)
         return config
 
@@ -327,8 +331,12 @@ class Repository:
         rev: str = "latest",
         partitions: list[str] | None = None,
         progress: Progress = NO_PROGRESS,
+        base: str | Path | None = None,
     ) -> CloneResult:
-        """Create a repository from a remote (no credentials needed) and check out `rev`."""
+        """Create a repository from a remote (no credentials needed) and check out `rev`.
+
+        A relative `url` or `directory` is relative to `base` (default: the current directory)."""
         from .transfer import clone
 
-        return clone(url, Path(directory) if directory is not None else None, rev=rev, partitions=partitions, progress=progress)
+        return clone(url, Path(directory) if directory is not None else None, rev=rev, partitions=partitions,
+                     progress=progress, base=Path(base).resolve() if base is not None else None)

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 UPLOAD_THREADS = 4
 DOWNLOAD_THREADS = 4
 DOWNLOAD_ATTEMPTS = 3
+#: What a user can do about a remote that serves wrong or missing data (it is not theirs to repair
+#: with `egds verify`, which checks the local repository).
+DAMAGED_REMOTE = "the remote is damaged: try again later, re-push from a good copy, or report it to the remote's owner"
+INCOMPLETE_REMOTE = "the remote is incomplete: re-push from a repository that has it, or report it to the remote's owner"
 
 
 class NonFastForward(EgdsError):
@@ -82,13 +86,31 @@ def manifest_object_keys(manifest: Manifest, partitions: set[str] | None = None)
 
 
 def read_remote_ref(remote: Remote) -> str | None:
-    data = remote.get(REF_KEY)
-    if data is None:
-        return None
-    text = data.decode("ascii", errors="replace").strip()
-    if not is_object_id(text):
-        raise RemoteError(f"{remote.url}: {REF_KEY} is not a manifest id ({text[:40]!r}); the remote is damaged")
-    return text
+    # A ref has no hash to check, but a body damaged in transit (one flipped byte from a bad proxy)
+    # is not a manifest id: read it again, as for objects, before calling the remote damaged.
+    for _ in range(DOWNLOAD_ATTEMPTS):
+        data = remote.get(REF_KEY)
+        if data is None:
+            return None
+        text = data.decode("ascii", errors="replace").strip()
+        if is_object_id(text):
+            return text
+    raise RemoteError(f"{remote.url}: {REF_KEY} is not a manifest id ({text[:40]!r}); {DAMAGED_REMOTE}")
+
+
+def get_verified(remote: Remote, key: str, expected: str, damaged: str) -> bytes | None:
+    """The bytes under `key` that hash to `expected`, or None when the remote lacks `key`.
+
+    A body that fails the hash is fetched again, up to DOWNLOAD_ATTEMPTS times, before `damaged` is
+    raised as CorruptObject: damage in transit is transient; only repeated damage is the remote's.
+    Manifests get the same retries as objects (they used to fail a whole clone on one bad transfer)."""
+    for _ in range(DOWNLOAD_ATTEMPTS):
+        data = remote.get(key)
+        if data is None:
+            return None
+        if hash_bytes(data) == expected:
+            return data
+    raise CorruptObject(damaged)
 
 
 # ---- push --------------------------------------------------------------------------------------
@@ -173,7 +195,7 @@ def push(repo: Repository, name: str, *, dry_run: bool = False, progress: Progre
     chain = repo.history()
     if plan.card:
         remote.put(LATEST_KEY, latest_json(plan.ref, chain[0][1]))
-        remote.put(CARD_KEY, _card(remote, config, chain))
+        remote.put(CARD_KEY, remote_card(config, chain))
         record.add(CARD_KEY)
     if plan.ref_update:
         # Re-read the ref just before moving it: someone may have pushed since we planned.
@@ -194,7 +216,8 @@ def _push_result(plan: PushPlan, *, dry_run: bool, uploaded: int, nbytes: int, c
     )
 
 
-def _card(remote: Remote, config: RemoteConfig, chain: list[tuple[str, Manifest]]) -> bytes:
+def remote_card(config: RemoteConfig, chain: list[tuple[str, Manifest]]) -> bytes:
+    """The README.md dataset card `push` uploads to the remote described by `config`."""
     if config.url.startswith("ia:"):
         base, clone_url = f"https://archive.org/download/{config.url[3:]}", config.url
     else:
@@ -215,26 +238,42 @@ def _parse_object_key(key: str) -> tuple[str, str]:
 # ---- fetch -------------------------------------------------------------------------------------
 
 
-def fetch_manifests(repo: Repository, remote: Remote, head: str, record: HoldingsRecord | None = None) -> int:
-    """Download, verify and store every manifest from `head` back to one we already have.
+def download_manifests(repo: Repository, remote: Remote, head: str) -> list[tuple[str, bytes, Manifest]]:
+    """Download and verify every manifest from `head` back to one we already have; write nothing.
+
+    Newest first. Callers decide (e.g. after a divergence check) whether to store them."""
+    fetched: list[tuple[str, bytes, Manifest]] = []
+    seen: set[str] = set()
+    current: str | None = head
+    while current is not None and current not in seen and not repo.store.manifest_path(current).is_file():
+        seen.add(current)
+        data = get_verified(
+            remote, manifest_key(current), current,
+            f"manifest {short(current)} from {remote.url} failed its hash check {DOWNLOAD_ATTEMPTS} times; {DAMAGED_REMOTE}",
+        )
+        if data is None:
+            raise MissingObject(f"{remote.url} lacks manifest {short(current)}; {INCOMPLETE_REMOTE}")
+        manifest = decode_manifest(data, f"manifest {short(current)} from {remote.url}", DAMAGED_REMOTE)
+        fetched.append((current, data, manifest))
+        current = manifest.parent
+    return fetched
+
+
+def store_manifests(repo: Repository, fetched: list[tuple[str, bytes, Manifest]], record: HoldingsRecord | None) -> int:
+    """Store downloaded manifests, oldest first (a stored manifest's parent is always stored).
 
     A remote receives a manifest only after all its objects (SPEC.md, push order), so the record
     notes those objects as held by the remote: a partial clone knows where the rest lives."""
-    fetched = 0
-    current: str | None = head
-    while current is not None and not repo.store.manifest_path(current).is_file():
-        data = remote.get(manifest_key(current))
-        if data is None:
-            raise MissingObject(f"{remote.url} lacks manifest {short(current)}; the remote is incomplete")
-        if hash_bytes(data) != current:
-            raise CorruptObject(f"manifest {short(current)} from {remote.url} does not match its id; the remote is damaged")
-        manifest = decode_manifest(data, f"manifest {short(current)} from {remote.url}")
+    for manifest_id, data, manifest in reversed(fetched):
         repo.store.put_manifest(data)
         if record is not None:
-            record.add_many([manifest_key(current), *(object_key(i, s) for i, s in manifest_object_keys(manifest))])
-        fetched += 1
-        current = manifest.parent
-    return fetched
+            record.add_many([manifest_key(manifest_id), *(object_key(i, s) for i, s in manifest_object_keys(manifest))])
+    return len(fetched)
+
+
+def fetch_manifests(repo: Repository, remote: Remote, head: str, record: HoldingsRecord | None = None) -> int:
+    """Download, verify and store every manifest from `head` back to one we already have."""
+    return store_manifests(repo, download_manifests(repo, remote, head), record)
 
 
 def fetch_objects(
@@ -246,20 +285,18 @@ def fetch_objects(
     def download(item: tuple[str, str]) -> int:
         object_id, suffix = item
         key = object_key(object_id, suffix)
-        for _ in range(DOWNLOAD_ATTEMPTS):
-            data = remote.get(key)
-            if data is None:
-                raise MissingObject(f"{remote.url} lacks object {short(object_id)}{suffix}; the remote is incomplete")
-            if hash_bytes(data) == object_id:
-                repo.store.put_object_bytes(data, suffix)
-                if record is not None:
-                    record.add(key)
-                progress.advance(len(data))
-                return len(data)
-        raise CorruptObject(
+        data = get_verified(
+            remote, key, object_id,
             f"object {short(object_id)}{suffix} from {remote.url} failed its hash check {DOWNLOAD_ATTEMPTS} times; "
-            "nothing was written; try again later or report the damaged remote"
+            "nothing was written; try again later or report the damaged remote",
         )
+        if data is None:
+            raise MissingObject(f"{remote.url} lacks object {short(object_id)}{suffix}; {INCOMPLETE_REMOTE}")
+        repo.store.put_object_bytes(data, suffix)
+        if record is not None:
+            record.add(key)
+        progress.advance(len(data))
+        return len(data)
 
     progress.begin("fetching objects", None, unit="bytes")
     try:
@@ -321,16 +358,21 @@ def pull(repo: Repository, name: str, *, progress: Progress = NO_PROGRESS) -> Pu
     ensure_cache_is_saved(repo, repo.cache_path)
     record = HoldingsRecord(repo.remotes.record_dir / f"{name}.known")
     with repo.store.locked():
-        manifests = fetch_manifests(repo, remote, remote_ref, record)
-        remote_chain = {i for i, _ in _chain_from(repo, remote_ref)}
+        # Download and check before storing anything: a diverged pull leaves `.egds/` as it was.
+        downloaded = download_manifests(repo, remote, remote_ref)
+        known_tip = downloaded[-1][2].parent if downloaded else remote_ref
+        remote_chain = {i for i, _, _ in downloaded}
+        if known_tip is not None:
+            remote_chain |= {i for i, _ in _chain_from(repo, known_tip)}
         if head is not None and head not in remote_chain:
             if remote_ref in {i for i, _ in repo.history()}:
                 m = repo.manifest(head)
-                return PullResult(name, m.version, head, False, manifests, 0, 0, None)
+                return PullResult(name, m.version, head, False, 0, 0, 0, None)
             raise Diverged(
                 f"local v{repo.manifest(head).version} and remote {name} have diverged (both recorded new versions); "
                 "egds does not merge: clone the remote elsewhere, or keep yours and push to a new remote"
             )
+        manifests = store_manifests(repo, downloaded, record)
         partial = repo.partial_partitions(repo.cache_path)
         target = repo.manifest(remote_ref)
         objects, nbytes = fetch_objects(repo, remote, manifest_object_keys(target, partial), record, progress)
@@ -363,24 +405,30 @@ def clone(
     rev: str = "latest",
     partitions: list[str] | None = None,
     progress: Progress = NO_PROGRESS,
+    base: Path | None = None,
 ) -> CloneResult:
+    """`base`: the directory a relative URL or DIR is relative to (default: the current one)."""
     import shutil
 
     from .remotes import normalise_url
     from .repo import Repository
 
-    url = normalise_url(url, Path.cwd())
+    base = Path.cwd() if base is None else base
+    url = normalise_url(url, base)
     remote = open_remote(url)
     remote_ref = read_remote_ref(remote)
     if remote_ref is None:
         raise UsageError(f"{url} holds no egds data (no {REF_KEY}); check the URL")
-    target = (directory or Path(default_clone_directory(url))).resolve()
+    target = (base / (directory or Path(default_clone_directory(url)))).resolve()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} already exists and is not an empty directory; choose another DIR")
-    head_bytes = remote.get(manifest_key(remote_ref))
-    if head_bytes is None or hash_bytes(head_bytes) != remote_ref:
-        raise CorruptObject(f"{url}: the latest manifest {short(remote_ref)} is missing or damaged on the remote")
-    head = decode_manifest(head_bytes, f"manifest {short(remote_ref)} from {url}")
+    head_bytes = get_verified(
+        remote, manifest_key(remote_ref), remote_ref,
+        f"{url}: the latest manifest {short(remote_ref)} failed its hash check {DOWNLOAD_ATTEMPTS} times; {DAMAGED_REMOTE}",
+    )
+    if head_bytes is None:
+        raise CorruptObject(f"{url}: the latest manifest {short(remote_ref)} is missing; {INCOMPLETE_REMOTE}")
+    head = decode_manifest(head_bytes, f"manifest {short(remote_ref)} from {url}", DAMAGED_REMOTE)
     created = not target.exists()
     try:
         repo = Repository.init(target, partitioning=head.partitioning, model=head.model)

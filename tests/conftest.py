@@ -129,3 +129,176 @@ def object_files(repo: Repository) -> set[str]:
 
 def parquet_objects(repo: Repository) -> set[str]:
     return {name for name in object_files(repo) if name.endswith(".parquet")}
+
+
+# ---- helpers added for the push/clone acceptance and fault tests ----------------------------------
+
+
+def assert_same_cache(actual: Path, expected: Path) -> None:
+    """The cache at `actual` is what the pipeline wrote at `expected`: the array bit for bit (dtype,
+    shape, bytes), every other pickle entry equal, metadata.json and index.json equal as parsed JSON."""
+    got_pickle, got_meta, got_index = load_cache(actual)
+    want_pickle, want_meta, want_index = load_cache(expected)
+    got, want = got_pickle.pop("embeddings"), want_pickle.pop("embeddings")
+    assert (got.dtype, got.shape) == (want.dtype, want.shape)
+    assert got.tobytes() == want.tobytes()
+    assert got_pickle == want_pickle
+    assert got_meta == want_meta
+    assert got_index == want_index
+
+
+# ---- helpers added for the remote conformance and remote error tests ------------------------------
+
+
+class RemoteBackend:
+    """One remote backend as the conformance/error suites see it: its URL, plus test-only views of what it
+    holds and what was written to it (no request goes through egds for these)."""
+
+    def __init__(self, kind: str, url: str, *, emu: Any = None, path: Path | None = None, monkeypatch: Any = None) -> None:
+        self.kind, self.url, self.emu, self.path, self._monkeypatch = kind, url, emu, path, monkeypatch
+
+    def __repr__(self) -> str:
+        return f"RemoteBackend({self.url})"
+
+    @property
+    def identifier(self) -> str:
+        return self.url.removeprefix("ia:")
+
+    def remote(self) -> Any:
+        from egregora_ds.remotes import open_remote
+
+        return open_remote(self.url)
+
+    def settle(self) -> None:
+        """Make every upload visible in the listing (IA's metadata lag); a no-op elsewhere."""
+        if self.emu is not None:
+            self.emu.settle()
+
+    def stored(self) -> dict[str, bytes]:
+        """Every key the remote holds right now -> its bytes (IA: without `history/` copies)."""
+        if self.kind == "ia":
+            return {k: v for k, v in self.emu.files(self.identifier).items() if not k.startswith("history/")}
+        if self.kind == "memory":
+            from egregora_ds.store.memory import memory_remote
+
+            return dict(memory_remote(self.url.removeprefix("memory:")).files)
+        return dir_tree(self.path) if self.path is not None else {}
+
+    def put_raw(self, key: str, data: bytes) -> None:
+        """Store bytes behind egds's back (to craft a damaged remote); not counted as a write."""
+        if self.kind == "ia":
+            self.emu.put_file(self.identifier, key, data)
+        elif self.kind == "memory":
+            from egregora_ds.store.memory import memory_remote
+
+            memory_remote(self.url.removeprefix("memory:")).files[key] = data
+        else:
+            target = self.path.joinpath(*key.split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+
+    def delete_raw(self, key: str) -> None:
+        """Remove a key behind egds's back (to craft an incomplete remote). IA: an S3 DELETE, as `ia delete` does."""
+        if self.kind == "ia":
+            response = self.emu.session().delete(
+                f"http://s3.us.archive.org/{self.identifier}/{key}", headers={"Authorization": "LOW test-access:test-secret"}
+            )
+            assert response.status_code == 204, response.text
+        elif self.kind == "memory":
+            from egregora_ds.store.memory import memory_remote
+
+            del memory_remote(self.url.removeprefix("memory:")).files[key]
+        else:
+            self.path.joinpath(*key.split("/")).unlink()
+
+    def mark(self) -> Any:
+        """A point to compare `writes_since` against."""
+        if self.kind == "ia":
+            return len(self.emu.requests)
+        if self.kind == "memory":
+            from egregora_ds.store.memory import memory_remote
+
+            return len(memory_remote(self.url.removeprefix("memory:")).puts)
+        return self._dir_state()
+
+    def writes_since(self, mark: Any) -> list[str]:
+        """Keys written since `mark`: IA every PUT attempted (whatever its answer), memory every put,
+        a directory every file created or replaced (a new inode, size or mtime)."""
+        if self.kind == "ia":
+            prefix = f"/{self.identifier}/"
+            return [r.path.removeprefix(prefix) for r in self.emu.requests[mark:] if r.method in ("PUT", "DELETE")]
+        if self.kind == "memory":
+            from egregora_ds.store.memory import memory_remote
+
+            return memory_remote(self.url.removeprefix("memory:")).puts[mark:]
+        now = self._dir_state()
+        return sorted(k for k, v in now.items() if mark.get(k) != v)
+
+    def _dir_state(self) -> dict[str, tuple[int, int, int]]:
+        if self.path is None or not self.path.exists():
+            return {}
+        return {
+            p.relative_to(self.path).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+            for p in self.path.rglob("*")
+            if p.is_file()
+        }
+
+    def anonymous(self) -> Any:
+        """A context without IA keys in the environment (cloning must not need them)."""
+        import contextlib
+        import os
+
+        @contextlib.contextmanager
+        def scope() -> Any:
+            if self._monkeypatch is None:
+                yield
+                return
+            saved = {k: os.environ.get(k) for k in ("IA_ACCESS_KEY_ID", "IA_SECRET_ACCESS_KEY")}
+            for key in saved:
+                self._monkeypatch.delenv(key, raising=False)
+            try:
+                yield
+            finally:
+                for key, value in saved.items():
+                    if value is not None:
+                        self._monkeypatch.setenv(key, value)
+
+        return scope()
+
+
+@pytest.fixture
+def ia_env(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A running IAEmulator with egds pointed at it: EGDS_IA_ENDPOINT, test keys, and a tiny retry backoff.
+    Fails the test if the emulator itself hit a bug."""
+    from egregora_ds.testing.ia_emulator import IAEmulator
+
+    with IAEmulator() as emu:
+        monkeypatch.setenv("EGDS_IA_ENDPOINT", emu.endpoint)
+        monkeypatch.setenv("IA_ACCESS_KEY_ID", "test-access")
+        monkeypatch.setenv("IA_SECRET_ACCESS_KEY", "test-secret")
+        monkeypatch.setenv("EGDS_RETRY_BACKOFF", "0.001")
+        yield emu
+    assert not emu.errors, emu.errors[0]
+
+
+def make_backend(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emu: Any = None) -> RemoteBackend:
+    """A fresh, empty remote of `kind` ("directory", "ia" or "memory"), unique to the calling test."""
+    import uuid
+
+    token = uuid.uuid4().hex[:12]
+    if kind == "directory":
+        path = tmp_path / f"remote-{token}"
+        return RemoteBackend(kind, str(path), path=path)
+    if kind == "ia":
+        assert emu is not None, "an ia backend needs the ia_env fixture"
+        return RemoteBackend(kind, f"ia:egds-test-{token}", emu=emu, monkeypatch=monkeypatch)
+    if kind == "memory":
+        return RemoteBackend(kind, f"memory:test-{token}")
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=["directory", "ia", "memory"])
+def remote_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RemoteBackend:
+    """Each backend in turn: a directory under tmp_path, an IA item on a fresh emulator, a memory remote."""
+    emu = request.getfixturevalue("ia_env") if request.param == "ia" else None
+    return make_backend(request.param, tmp_path, monkeypatch, emu)

@@ -26,7 +26,7 @@ class DirectoryRemote:
         if not self.root.exists():
             return {}
         if not self.root.is_dir():
-            raise RemoteError(f"remote {self.root} is not a directory")
+            raise RemoteError(f"remote {self.root} is not a directory; use a directory path (or ia:IDENTIFIER) for the remote")
         found: dict[str, RemoteFile] = {}
         for dirpath, _, filenames in os.walk(self.root):
             for name in filenames:
@@ -39,10 +39,12 @@ class DirectoryRemote:
     def get(self, key: str) -> bytes | None:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            # No file under this key (a parent is a file, or the key is only a folder): missing, as
+            # inventory() would say and as the other backends answer, not an I/O failure.
             return None
         except OSError as exc:
-            raise RemoteError(f"cannot read {key} from {self.root}: {exc.strerror}") from None
+            raise RemoteError(f"cannot read {key} from {self.root}: {exc.strerror}; check the disk is mounted and readable") from None
 
     def put(self, key: str, source: Path | bytes) -> None:
         target = self._path(key)
@@ -64,12 +66,12 @@ class DirectoryRemote:
                 raise
             fsync_dir(target.parent)
         except OSError as exc:
-            raise RemoteError(f"cannot write {key} to {self.root}: {exc.strerror or exc}") from None
+            raise RemoteError(f"cannot write {key} to {self.root}: {exc.strerror or exc}; check the disk is mounted, writable and not full") from None
 
     def check_writable(self) -> None:
         probe = self.root if self.root.exists() else self.root.parent
         if not os.access(probe, os.W_OK):
-            raise RemoteAuthError(f"remote directory {self.root} is not writable by this user")
+            raise RemoteAuthError(f"remote directory {self.root} is not writable by this user; check its permissions")
 
     def describe(self) -> str:
         return str(self.root)

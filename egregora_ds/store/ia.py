@@ -167,11 +167,21 @@ class InternetArchiveRemote:
                 if status in (401, 403):
                     raise RemoteAuthError(f"{self.url}: {what} was refused ({status} {message}); check your IA keys") from None
                 transient = status is None or status >= 500 or status in (400, 408, 429)  # 400: BadDigest
-                if not transient or attempt == self.attempts:
-                    raise RemoteError(f"{self.url}: {what} failed after {attempt} attempts ({status} {message})") from None
+                if not transient:
+                    raise RemoteError(f"{self.url}: {what} was refused ({status} {message}); check the remote URL and your IA keys") from None
+                if attempt == self.attempts:
+                    # Messages must say what to do: a busy or failing archive.org is worth another try later
+                    # (a re-run resumes: objects already pushed or fetched are not transferred again).
+                    raise RemoteError(
+                        f"{self.url}: {what} failed after {attempt} attempts ({status} {message}); "
+                        "archive.org may be busy: try again later"
+                    ) from None
             except requests.RequestException as exc:  # connection reset, timeout, truncated body
                 if attempt == self.attempts:
-                    raise RemoteError(f"{self.url}: {what} failed after {attempt} attempts ({type(exc).__name__})") from None
+                    raise RemoteError(
+                        f"{self.url}: {what} failed after {attempt} attempts ({type(exc).__name__}); "
+                        f"check the network (or {ENDPOINT_ENV}) and try again"
+                    ) from None
             self._sleep(delay)
             delay = min(delay * 2, 60.0)
         raise AssertionError("unreachable")
