@@ -6,9 +6,10 @@ it to refuse a non-fast-forward. Fetch downloads manifests and objects and re-ha
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -23,6 +24,8 @@ from .store.base import Remote, RemoteError
 if TYPE_CHECKING:
     from .repo import Repository
 
+T = TypeVar("T")
+R = TypeVar("R")
 UPLOAD_THREADS = 4
 DOWNLOAD_THREADS = 4
 DOWNLOAD_ATTEMPTS = 3
@@ -30,6 +33,22 @@ DOWNLOAD_ATTEMPTS = 3
 #: with `egds verify`, which checks the local repository).
 DAMAGED_REMOTE = "the remote is damaged: try again later, re-push from a good copy, or report it to the remote's owner"
 INCOMPLETE_REMOTE = "the remote is incomplete: re-push from a repository that has it, or report it to the remote's owner"
+
+
+def run_bounded(action: Callable[[T], R], items: list[T], workers: int) -> list[R]:
+    """`action` over `items` on at most `workers` threads. The first failure cancels the transfers
+    not yet started (on a dead link, they would each spend their retries first) and is raised."""
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = [pool.submit(action, item) for item in items]
+        for future in as_completed(futures):
+            if future.exception() is not None:
+                for other in futures:
+                    other.cancel()
+                raise future.exception()  # type: ignore[misc]
+        return [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class NonFastForward(EgdsError):
@@ -184,8 +203,7 @@ def push(repo: Repository, name: str, *, dry_run: bool = False, progress: Progre
 
     progress.begin(f"pushing to {name}", sum(o.bytes for o in plan.objects), unit="bytes")
     try:
-        with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
-            nbytes = sum(pool.map(upload_object, plan.objects))
+        nbytes = sum(run_bounded(upload_object, plan.objects, UPLOAD_THREADS))
     finally:
         progress.end()
     for key in plan.manifests:  # oldest first: a manifest's parent is always there before it
@@ -300,8 +318,7 @@ def fetch_objects(
 
     progress.begin("fetching objects", None, unit="bytes")
     try:
-        with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
-            sizes = list(pool.map(download, missing))
+        sizes = run_bounded(download, missing, DOWNLOAD_THREADS)
     finally:
         progress.end()
     return len(sizes), sum(sizes)
