@@ -45,7 +45,8 @@ from .progress import NO_PROGRESS, Progress
 from .remotes import RemoteConfig
 from .repo import Repository
 from .results import CheckoutResult, DiffResult, GcResult, LogEntry, SnapshotResult, StatusResult, VerifyReport
-from .transfer import CloneResult, PullResult, PushResult, remote_card
+from .clone import CloneResult, PullResult
+from .push import PushResult, remote_card
 
 logger = logging.getLogger(__name__)
 

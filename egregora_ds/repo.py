@@ -22,7 +22,8 @@ from .remotes import RemoteConfig, RemoteRegistry, normalise_url
 from .store.local import LocalStore
 
 if TYPE_CHECKING:
-    from .transfer import CloneResult, PullResult, PushResult
+    from .clone import CloneResult, PullResult
+    from .push import PushResult
     from .results import CheckoutResult, DiffResult, GcResult, SnapshotResult, StatusResult, VerifyReport
 
 REPO_DIR = ".egds"
@@ -314,12 +315,12 @@ class Repository:
         return self.remotes.load()
 
     def push(self, remote: str = "origin", *, dry_run: bool = False, progress: Progress = NO_PROGRESS) -> PushResult:
-        from .transfer import push
+        from .push import push
 
         return push(self, remote, dry_run=dry_run, progress=progress)
 
     def pull(self, remote: str = "origin", *, progress: Progress = NO_PROGRESS) -> PullResult:
-        from .transfer import pull
+        from .clone import pull
 
         return pull(self, remote, progress=progress)
 
@@ -336,7 +337,7 @@ class Repository:
         """Create a repository from a remote (no credentials needed) and check out `rev`.
 
         A relative `url` or `directory` is relative to `base` (default: the current directory)."""
-        from .transfer import clone
+        from .clone import clone
 
         return clone(url, Path(directory) if directory is not None else None, rev=rev, partitions=partitions,
                      progress=progress, base=Path(base).resolve() if base is not None else None)

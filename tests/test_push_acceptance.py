@@ -22,7 +22,8 @@ from conftest import assert_same_cache, make_chunks, make_embeddings, object_fil
 from egregora_ds import Repository
 from egregora_ds.card import CARD_KEY, LATEST_KEY, REF_KEY, manifest_key, object_key
 from egregora_ds.testing.ia_emulator import DATANODE, S3_HOST, IAEmulator, RequestRecord
-from egregora_ds.transfer import NonFastForward, PushResult, manifest_object_keys
+from egregora_ds.push import NonFastForward, PushResult
+from egregora_ds.transfer import manifest_object_keys
 
 EGDS = Path(sys.executable).with_name("egds")
 ITEM = "egds-test-acceptance"

@@ -36,7 +36,8 @@ from egregora_ds.errors import CorruptObject, EgdsError, UnsavedWork, UsageError
 from egregora_ds.ids import PARQUET, hash_bytes, short
 from egregora_ds.store.base import RemoteAuthError, RemoteError
 from egregora_ds.store.ia import InternetArchiveRemote
-from egregora_ds.transfer import Diverged, NonFastForward
+from egregora_ds.clone import Diverged
+from egregora_ds.push import NonFastForward
 
 ROWS, DIM = 30, 8
 
