@@ -29,7 +29,7 @@ def checkout(
     repo: Repository, rev: str, cache: Path, *, force: bool, partitions: list[str] | None = None, progress: Progress
 ) -> CheckoutResult:
     manifest_id, manifest = repo.resolve(rev)
-    selected = _select(manifest, partitions)
+    selected = select_partitions(manifest, partitions)
     with repo.store.locked():
         digests = file_digests(cache)
         stamp = repo.cache_stamp(cache)
@@ -59,7 +59,7 @@ def checkout(
     return _result(manifest_id, manifest, selected, cache, bytes_read)
 
 
-def _select(manifest: Manifest, partitions: list[str] | None) -> list[str]:
+def select_partitions(manifest: Manifest, partitions: list[str] | None) -> list[str]:
     keys = [p.key for p in manifest.partitions]
     if partitions is None:
         return keys

@@ -7,16 +7,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .card import REF_KEY, manifest_key
-from .errors import CorruptObject, EgdsError, UsageError
-from .ids import short
-from .model import Manifest, decode_manifest
+from .card import REF_KEY
+from .errors import EgdsError, UsageError
+from .model import Manifest
+from .checkout import select_partitions
 from .progress import NO_PROGRESS, Progress
 from .remotes import HoldingsRecord, RemoteConfig, open_remote
-from .transfer import (
-    DAMAGED_REMOTE, DOWNLOAD_ATTEMPTS, INCOMPLETE_REMOTE, download_manifests, fetch_manifests, fetch_objects,
-    get_verified, manifest_object_keys, read_remote_ref, store_manifests,
-)
+from .transfer import download_manifests, fetch_objects, manifest_object_keys, read_remote_ref, store_manifests
 
 if TYPE_CHECKING:
     from .repo import Repository
@@ -71,7 +68,7 @@ def pull(repo: Repository, name: str, *, progress: Progress = NO_PROGRESS) -> Pu
     record = HoldingsRecord(repo.remotes.record_dir / f"{name}.known")
     with repo.store.locked():
         # Download and check before storing anything: a diverged pull leaves `.egds/` as it was.
-        downloaded = download_manifests(repo, remote, remote_ref)
+        downloaded = download_manifests(remote, remote_ref, repo.has_manifest)
         known_tip = downloaded[-1][2].parent if downloaded else remote_ref
         remote_chain = {i for i, _, _ in downloaded}
         if known_tip is not None:
@@ -134,28 +131,19 @@ def clone(
     target = (base / (directory or Path(default_clone_directory(url)))).resolve()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} already exists and is not an empty directory; choose another DIR")
-    head_bytes = get_verified(
-        remote, manifest_key(remote_ref), remote_ref,
-        f"{url}: the latest manifest {short(remote_ref)} failed its hash check {DOWNLOAD_ATTEMPTS} times; {DAMAGED_REMOTE}",
-    )
-    if head_bytes is None:
-        raise CorruptObject(f"{url}: the latest manifest {short(remote_ref)} is missing; {INCOMPLETE_REMOTE}")
-    head = decode_manifest(head_bytes, f"manifest {short(remote_ref)} from {url}", DAMAGED_REMOTE)
+    # The whole chain, verified, before anything is created: a damaged remote leaves no directory.
+    downloaded = download_manifests(remote, remote_ref, lambda _: False)
+    head = downloaded[0][2]
     created = not target.exists()
     try:
         repo = Repository.init(target, partitioning=head.partitioning, model=head.model)
         repo.remotes.add("origin", RemoteConfig(url=url))
         record = HoldingsRecord(repo.remotes.record_dir / "origin.known")
-        manifests = fetch_manifests(repo, remote, remote_ref, record)
+        manifests = store_manifests(repo, downloaded, record)
         repo.store.write_ref("main", remote_ref)
         repo.store.write_ref("remotes/origin/main", remote_ref)
         manifest_id, manifest = repo.resolve(rev)
-        keys = [p.key for p in manifest.partitions]
-        if partitions is not None:
-            unknown = sorted(set(partitions) - set(keys))
-            if unknown:
-                raise UsageError(f"v{manifest.version} has no partition {', '.join(unknown)}; it has {', '.join(keys) or 'none'}")
-            keys = [k for k in keys if k in set(partitions)]
+        keys = select_partitions(manifest, partitions)
         wanted = set(keys) if partitions is not None else None
         objects, nbytes = fetch_objects(repo, remote, manifest_object_keys(manifest, wanted), record, progress)
         repo.checkout(manifest_id, partitions=keys if partitions is not None else None, progress=progress)

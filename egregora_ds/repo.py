@@ -132,6 +132,9 @@ class Repository:
     def head(self) -> str | None:
         return self.store.read_ref(MAIN_REF)
 
+    def has_manifest(self, manifest_id: str) -> bool:
+        return self.store.manifest_path(manifest_id).is_file()
+
     def manifest(self, manifest_id: str) -> Manifest:
         cached = self._manifests.get(manifest_id)
         if cached is None:

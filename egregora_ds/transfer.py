@@ -82,14 +82,14 @@ def get_verified(remote: Remote, key: str, expected: str, damaged: str) -> bytes
     raise CorruptObject(damaged)
 
 
-def download_manifests(repo: Repository, remote: Remote, head: str) -> list[tuple[str, bytes, Manifest]]:
-    """Download and verify every manifest from `head` back to one we already have; write nothing.
+def download_manifests(remote: Remote, head: str, have: Callable[[str], bool]) -> list[tuple[str, bytes, Manifest]]:
+    """Download and verify every manifest from `head` back to one `have` says we hold; write nothing.
 
     Newest first. Callers decide (e.g. after a divergence check) whether to store them."""
     fetched: list[tuple[str, bytes, Manifest]] = []
     seen: set[str] = set()
     current: str | None = head
-    while current is not None and current not in seen and not repo.store.manifest_path(current).is_file():
+    while current is not None and current not in seen and not have(current):
         seen.add(current)
         data = get_verified(
             remote, manifest_key(current), current,
@@ -117,7 +117,7 @@ def store_manifests(repo: Repository, fetched: list[tuple[str, bytes, Manifest]]
 
 def fetch_manifests(repo: Repository, remote: Remote, head: str, record: HoldingsRecord | None = None) -> int:
     """Download, verify and store every manifest from `head` back to one we already have."""
-    return store_manifests(repo, download_manifests(repo, remote, head), record)
+    return store_manifests(repo, download_manifests(remote, head, repo.has_manifest), record)
 
 
 def fetch_objects(

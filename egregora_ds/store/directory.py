@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from ..atomic import fsync_dir
+from ..atomic import atomic_write_bytes
 from .base import RemoteAuthError, RemoteError, RemoteFile
 
 
@@ -50,21 +48,7 @@ class DirectoryRemote:
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    if isinstance(source, Path):
-                        with open(source, "rb") as src:
-                            shutil.copyfileobj(src, out, 1 << 20)
-                    else:
-                        out.write(source)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            fsync_dir(target.parent)
+            atomic_write_bytes(target, source)
         except OSError as exc:
             raise RemoteError(f"cannot write {key} to {self.root}: {exc.strerror or exc}; check the disk is mounted, writable and not full") from None
 
