@@ -8,6 +8,7 @@ is vectorised, and the embedding column is a zero-copy view of the cache's array
 from __future__ import annotations
 
 import json
+import operator
 import struct
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -78,7 +79,7 @@ def partition_cache(contents: CacheContents, partitioning: str, allow_nonfinite:
             f"embeddings.pkl has {array.shape[0]} rows but metadata.json has {n} chunks; "
             "they must match row for row (re-run the pipeline's embedding step)"
         )
-    not_dicts = [i for i, c in enumerate(chunks) if type(c) is not dict]
+    not_dicts = [] if set(map(type, chunks)) <= {dict} else [i for i, c in enumerate(chunks) if type(c) is not dict]
     if not_dicts:
         raise CacheError(
             f"metadata.json: chunks[{not_dicts[0]}] is not a JSON object ({len(not_dicts)} such chunks); every chunk "
@@ -93,13 +94,17 @@ def partition_cache(contents: CacheContents, partitioning: str, allow_nonfinite:
     typed_values: dict[str, list[Any]] = {}
     typed_ok: dict[str, np.ndarray] = {}
     present_count = np.full(n, 2, dtype=np.int64)  # chunk_id and newsletter_date are always there
-    for name, (_, kind) in TYPED_FIELDS.items():
-        values = [c.get(name, _MISSING) for c in chunks]
+    for name, (arrow_type, kind) in TYPED_FIELDS.items():
+        values = _field(chunks, name)
+        typed_values[name] = values
+        if _all_of_type(values, kind, arrow_type):  # the usual case: no per-row Python checks
+            typed_ok[name] = np.ones(n, dtype=bool)
+            present_count += 1
+            continue
         if kind is int:
             ok = [v is None or (type(v) is int and _INT64_MIN <= v <= _INT64_MAX) for v in values]
         else:
             ok = [v is None or type(v) is kind for v in values]
-        typed_values[name] = values
         typed_ok[name] = np.array(ok, dtype=bool)
         present_count += np.array([v is not _MISSING for v in values], dtype=bool)
 
@@ -147,9 +152,33 @@ def partition_cache(contents: CacheContents, partitioning: str, allow_nonfinite:
     return PartitionedCache(partitions, order_runs(codes), n, dim, array.dtype.str)
 
 
+def _field(chunks: Sequence[dict[str, Any]], name: str) -> list[Any]:
+    """One field of every chunk (`_MISSING` where absent), at C speed."""
+    return list(map(operator.methodcaller("get", name, _MISSING), chunks))
+
+
+def _all_of_type(values: list[Any], kind: type, arrow_type: pa.DataType, nullable: bool = True) -> bool:
+    """True when every value is `kind` (or None when `nullable`) and fits `arrow_type`.
+
+    `set(map(type, ...))` runs in C; pyarrow's conversion does the int64 range check. bool is not
+    int here: its type is `bool`, so True never passes as 1."""
+    allowed = {kind, type(None)} if nullable else {kind}
+    if not set(map(type, values)) <= allowed:
+        return False
+    if kind is int:
+        try:
+            pa.array(values, type=arrow_type)
+        except (OverflowError, pa.ArrowInvalid):
+            return False
+    return True
+
+
 def _chunk_id_column(chunks: Sequence[dict[str, Any]]) -> pa.Array:
-    values = [c.get(CHUNK_ID, _MISSING) for c in chunks]
-    bad = [i for i, v in enumerate(values) if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX]
+    values = _field(chunks, CHUNK_ID)
+    if _all_of_type(values, int, pa.int64(), nullable=False):
+        bad: list[int] = []
+    else:
+        bad = [i for i, v in enumerate(values) if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX]
     if bad:
         value = values[bad[0]]
         shown = "missing" if value is _MISSING else f"{value!r}"
@@ -172,9 +201,9 @@ def _chunk_id_column(chunks: Sequence[dict[str, Any]]) -> pa.Array:
 
 def _date_column(chunks: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """Days since the epoch per chunk, and whether each original string is the canonical `YYYY-MM-DD`."""
-    raw = [c.get(DATE) for c in chunks]
+    raw = list(map(operator.methodcaller("get", DATE), chunks))
     n = len(raw)
-    if not all(type(v) is str for v in raw):
+    if not set(map(type, raw)) <= {str}:
         row = next(i for i, v in enumerate(raw) if type(v) is not str)
         shown = "missing" if DATE not in chunks[row] else f"{raw[row]!r}"
         raise CacheError(f"{_where(chunks, row)}: newsletter_date is {shown}; every chunk needs an ISO date string")

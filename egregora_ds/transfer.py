@@ -136,7 +136,7 @@ def fetch_objects(
         )
         if data is None:
             raise MissingObject(f"{remote.url} lacks object {short(object_id)}{suffix}; {INCOMPLETE_REMOTE}")
-        repo.store.put_object_bytes(data, suffix)
+        repo.store.put_object_bytes(data, suffix, verified_id=object_id)
         if record is not None:
             record.add(key)
         progress.advance(len(data))

@@ -61,8 +61,10 @@ class LocalStore:
         fsync_dir(final.parent)
         return object_id, size
 
-    def put_object_bytes(self, data: bytes, suffix: str) -> str:
-        object_id = hash_bytes(data)
+    def put_object_bytes(self, data: bytes, suffix: str, verified_id: str | None = None) -> str:
+        """Store `data` under the hash of its bytes. `verified_id`: the caller has just hashed these
+        very bytes (a download checked against its name), so they are not hashed a second time."""
+        object_id = verified_id if verified_id is not None else hash_bytes(data)
         final = self.object_path(object_id, suffix)
         if not final.is_file():
             final.parent.mkdir(exist_ok=True)
