@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-rss", dest="rss", action="store_false", help="skip the fresh-process peak-RSS runs")
     p.add_argument("--no-seed", dest="seed", action="store_false", default=None, help="skip the seed path")
     p.add_argument("--no-lance", dest="lance", action="store_false", default=None, help="skip Lance")
+    p.add_argument("--sequential", dest="interleave", action="store_false", default=None,
+                   help="run each scenario's repetitions back to back (the default above 300k rows) instead of "
+                        "interleaving the two sides of each ratio")
     p.add_argument("--workdir", type=Path, help="where to build the temporary workspace (default: the system temp)")
     p.add_argument("--keep", action="store_true", help="keep the workspace (for profiling)")
     p.add_argument("--force", action="store_true", help="run 1m even when free RAM looks too small")
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     r = run_suite(args.size if args.rows is None else None, rows=args.rows, dim=args.dim, months=args.months,
                   repeat=args.repeat, warmup=args.warmup, rss=args.rss, seed=args.seed, lance=args.lance,
+                  interleave=args.interleave,
                   workdir=args.workdir, keep=args.keep, log=log)
     if args.rows is None:
         r["config"]["size"] = args.size

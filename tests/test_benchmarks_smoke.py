@@ -65,8 +65,9 @@ def _fake(ratio_of: dict[str, float]) -> dict:
 
 
 def test_the_gate_allows_the_noise_margin_and_no_more():
-    t = next(t for t in report.TARGETS if t.key == "snapshot_vs_floor")
-    inside, outside = t.limit * (1 + t.margin) * 0.99, t.limit * (1 + t.margin) * 1.01
+    t = next(t for t in report.TARGETS if t.key == "incremental_append")
+    assert t.gated and t.margin > 0
+    inside, outside = t.limit * (1 + t.margin / 2), t.limit * (1 + t.margin) * 1.01
     r = {"targets": report.evaluate({"m": {}, "counts": {}}, [t])}
     assert r["targets"][0]["ratio"] is None and report.gate_failures(r) == []  # not measured: not a failure
     for ratio, fails in ((inside, False), (outside, True)):
@@ -78,9 +79,13 @@ def test_the_gate_allows_the_noise_margin_and_no_more():
     one_byte = type(exact)(**{**exact.__dict__, "ratio": lambda _r: 1})
     assert report.gate_failures({"targets": report.evaluate({}, [one_byte])})  # exact figures have no margin
     at_least = next(t for t in report.TARGETS if t.op == ">=")
-    low = type(at_least)(**{**at_least.__dict__, "ratio": lambda _r: at_least.limit / (1 + at_least.margin) / 1.01})
-    assert report.evaluate({}, [low])[0]["gate_ok"] is False
-    assert not math.isnan(at_least.limit)
+    low = type(at_least)(**{**at_least.__dict__, "margin": 0.2, "ratio": lambda _r: at_least.limit / 1.1})
+    assert report.evaluate({}, [low])[0]["gate_ok"] is True  # >= targets: limit / (1 + margin)
+    lower = type(at_least)(**{**at_least.__dict__, "margin": 0.2, "ratio": lambda _r: at_least.limit / 1.3})
+    assert report.evaluate({}, [lower])[0]["gate_ok"] is False
+    ungated = next(t for t in report.TARGETS if not t.gated)
+    missed = type(ungated)(**{**ungated.__dict__, "ratio": lambda _r: math.inf if ungated.op == "<=" else 0.0})
+    assert report.gate_failures({"targets": report.evaluate({}, [missed])}) == []  # reported, never gated
 
 
 def test_results_md_keeps_the_other_sizes_sections(tmp_path, run):
