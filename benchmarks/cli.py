@@ -66,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     r["gate"] = {"requested": args.gate, "failures": failures}
     text = report.render(r)
     print(text)
-    command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    shown, skip = [], False
+    for a in (argv if argv is not None else sys.argv[1:]):  # the command as RESULTS.md shows it: no output paths
+        if skip or a == "--json" or a.startswith("--json="):
+            skip = a == "--json" and not skip
+            continue
+        shown.append(shlex.quote(a))
+    command = "python -m benchmarks " + " ".join(shown)
     if args.json:
         args.json.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")
     if args.write_results:

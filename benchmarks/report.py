@@ -358,7 +358,9 @@ def render(r: dict) -> str:
     cfg, mach = r["config"], r["machine"]
     lines = [
         f"**{cfg['rows']:,} rows × {cfg['dim']}** ({cfg['months']} months; new month = {cfg['new_rows']:,} rows), "
-        f"median of {cfg['repeat']} after {cfg['warmup']} warm-up; peak RSS once, in a fresh process. "
+        f"median of {cfg['repeat']} after {cfg['warmup']} warm-up"
+        f"{' (the two sides of each ratio interleaved)' if cfg.get('interleaved', True) else ' (each scenario on its own, to bound memory)'}"
+        f"; peak RSS once, in a fresh process. "
         f"{mach['cpus']} CPUs ({mach['cpu_model']}), {mach['ram_gib']:.0f} GiB RAM, load average "
         f"{mach['loadavg_start'][0]:.1f} at start / {mach['loadavg_end'][0]:.1f} at end; run took "
         f"{r['elapsed_s']:.0f} s. Times are wall seconds; ratios compare figures of this run.",
