@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_bytes(path: Path, data: bytes | Path) -> None:
+def atomic_write_bytes(path: Path, data: bytes | memoryview | Path) -> None:
     """Replace `path` with `data` (bytes, or the contents of a file, streamed) so that readers see
     the old or the new bytes, never a mix."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -25,10 +25,18 @@ WRITER_OPTIONS = dict(
 )
 
 
-def write_partition(table: pa.Table, path: Path, key: str, content_hash: str) -> None:
-    """Write one partition. Same table + same pyarrow version -> same bytes."""
+def encode_partition(table: pa.Table, key: str, content_hash: str) -> pa.Buffer:
+    """One partition's Parquet bytes, in memory (hashed and written without reading them back).
+    Same table + same pyarrow version -> same bytes."""
     metadata = {b"egds.partition": key.encode(), b"egds.content_hash": content_hash.encode()}
-    pq.write_table(table.replace_schema_metadata(metadata), path, **WRITER_OPTIONS)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(metadata), sink, **WRITER_OPTIONS)
+    return sink.getvalue()
+
+
+def write_partition(table: pa.Table, path: Path, key: str, content_hash: str) -> None:
+    """`encode_partition` to a file (tests build damaged repositories with it)."""
+    path.write_bytes(encode_partition(table, key, content_hash))
 
 
 def read_partition(data: bytes | pa.Buffer) -> pa.Table:

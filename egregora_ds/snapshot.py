@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import pyarrow as pa
 
@@ -15,15 +15,17 @@ from .cache import CacheContents, file_digests, read_cache
 from .errors import ModelChanged, UsageError
 from .ids import JSON, PARQUET, hash_bytes
 from .model import FORMAT_VERSION, Manifest, PartitionEntry, encode_manifest
-from .parquet_io import write_partition
-from .progress import Progress
+from .parquet_io import encode_partition
+from .progress import NO_PROGRESS, Progress
 from .results import PartitionCounts, SnapshotResult
-from .table import PartitionedCache, PartitionTable, partition_cache
+from .table import CacheLayout, PartitionedCache, PartitionTable, partition_cache, lay_out_cache
 
 if TYPE_CHECKING:
     from .repo import Repository
 
-WRITER_THREADS = 2  # pyarrow releases the GIL while encoding: two files in parallel ~halve the time
+# pyarrow encodes without the GIL: one encoder per core. fsync waits are hidden by the I/O threads.
+ENCODER_THREADS = 2
+IO_THREADS = 4
 
 
 def encode_extras(contents: CacheContents) -> bytes | None:
@@ -46,6 +48,13 @@ class Fingerprint:
     def of_cache(cache: PartitionedCache, extras_id: str | None, index_id: str | None) -> tuple[Any, ...]:
         parts = tuple((p.key, p.content_hash) for p in cache.partitions)
         return (cache.dtype, cache.dim, parts, cache.row_order, extras_id, index_id)
+
+    @staticmethod
+    def of_built(
+        layout: CacheLayout, built: list[BuiltPartition], extras_id: str | None, index_id: str | None
+    ) -> tuple[Any, ...]:
+        parts = tuple((p.key, p.content_hash) for p in built)
+        return (layout.dtype, layout.dim, parts, layout.row_order, extras_id, index_id)
 
 
 def analyse_cache(contents: CacheContents, partitioning: str, allow_nonfinite: bool) -> tuple[PartitionedCache, bytes | None]:
@@ -73,18 +82,27 @@ def snapshot(
                 return _unchanged(head, parent, message)
 
         contents = read_cache(cache_path)
-        cache, extras_bytes = analyse_cache(contents, repo.config.partitioning, allow_nonfinite)
-        _refuse_partial_cache(repo, cache_path, cache)
+        layout = lay_out_cache(contents, repo.config.partitioning, allow_nonfinite)
+        _refuse_partial_cache(repo, cache_path, layout.keys)
+        if parent is not None:
+            _check_model(parent, model, layout.dim, new_model)
+        extras_bytes = encode_extras(contents)
         extras_id = hash_bytes(extras_bytes) if extras_bytes is not None else None
         index_id = hash_bytes(contents.index_bytes) if contents.index_bytes is not None else None
-        if parent is not None:
-            _check_model(parent, model, cache, new_model)
-            if parent.model == model and Fingerprint.of_manifest(parent) == Fingerprint.of_cache(cache, extras_id, index_id):
-                repo.set_cache_stamp(cache_path, head, contents.digests)  # type: ignore[arg-type]
-                return _unchanged(head, parent, message)  # type: ignore[arg-type]
+        # Partitions are written while later ones are still being built. A partition whose content
+        # a version already stores is never written; one the parent has without its object here (a
+        # partial clone) is written only once it is clear that something changed.
+        unchanged_content = {p.content_hash for p in parent.partitions} if parent is not None else set()
+        writer = _PartitionWriter(repo, _known_partitions(repo), unchanged_content, progress)
+        built = writer.write_new(layout)
+        fingerprint = Fingerprint.of_built(layout, built, extras_id, index_id)
+        if parent is not None and parent.model == model and Fingerprint.of_manifest(parent) == fingerprint:
+            repo.set_cache_stamp(cache_path, head, contents.digests)  # type: ignore[arg-type]
+            return _unchanged(head, parent, message)  # type: ignore[arg-type]
+        writer.write_deferred()
+        entries = writer.entries(built)
+        written, bytes_written = len(writer.written), sum(size for _, size in writer.written.values())
 
-        known = _known_partitions(repo)
-        entries, written, bytes_written = _write_partitions(repo, cache.partitions, known, progress)
         if extras_bytes is not None:
             repo.store.put_object_bytes(extras_bytes, JSON)
         if contents.index_bytes is not None:
@@ -96,12 +114,12 @@ def snapshot(
             created_at=datetime.now(timezone.utc),
             message=message,
             model=model,
-            dim=cache.dim,
-            dtype=cache.dtype,
+            dim=layout.dim,
+            dtype=layout.dtype,
             partitioning=repo.config.partitioning,  # type: ignore[arg-type]
-            rows=cache.rows,
+            rows=layout.rows,
             partitions=tuple(entries),
-            row_order=cache.row_order,
+            row_order=layout.row_order,
             extras=extras_id,
             index=index_id,
             writer=f"egds {__version__}; pyarrow {pa.__version__}",
@@ -114,7 +132,7 @@ def snapshot(
         version=manifest.version,
         id=manifest_id,
         created=True,
-        rows=cache.rows,
+        rows=layout.rows,
         partitions=PartitionCounts(written=written, reused=len(entries) - written),
         bytes_written=bytes_written,
         message=message,
@@ -133,14 +151,14 @@ def _unchanged(head: str, parent: Manifest, message: str) -> SnapshotResult:
     )
 
 
-def _refuse_partial_cache(repo: Repository, cache_path: Path, cache: PartitionedCache) -> None:
+def _refuse_partial_cache(repo: Repository, cache_path: Path, keys: list[str]) -> None:
     """A partial checkout lacks partitions on purpose; recording it would delete them from history's tip."""
     partial = repo.partial_stamp(cache_path)
     if partial is None:
         return
     base = repo.manifest(partial[0])
     left_out = {p.key for p in base.partitions} - set(partial[1])
-    missing = sorted(left_out - {p.key for p in cache.partitions})
+    missing = sorted(left_out - set(keys))
     if missing:
         shown = ", ".join(missing[:6]) + (" …" if len(missing) > 6 else "")
         raise UsageError(
@@ -149,12 +167,12 @@ def _refuse_partial_cache(repo: Repository, cache_path: Path, cache: Partitioned
         )
 
 
-def _check_model(parent: Manifest, model: str, cache: PartitionedCache, new_model: bool) -> None:
+def _check_model(parent: Manifest, model: str, dim: int, new_model: bool) -> None:
     if new_model:
         return
-    if cache.dim != parent.dim:
+    if dim != parent.dim:
         raise ModelChanged(
-            f"embeddings have dimension {cache.dim} but version {parent.version} has {parent.dim}; "
+            f"embeddings have dimension {dim} but version {parent.version} has {parent.dim}; "
             "if the embedding model changed, snapshot with --new-model (and --model NAME)"
         )
     if model != parent.model:
@@ -173,31 +191,75 @@ def _known_partitions(repo: Repository) -> dict[str, PartitionEntry]:
     return known
 
 
-def _write_partitions(
-    repo: Repository, partitions: list[PartitionTable], known: dict[str, PartitionEntry], progress: Progress
-) -> tuple[list[PartitionEntry], int, int]:
-    """Entries for every partition; only partitions whose content is new get a Parquet object."""
-    to_write = [p for p in partitions if p.content_hash not in known]
-    progress.begin("writing partitions", sum(p.rows for p in to_write), unit="rows")
+class BuiltPartition(NamedTuple):
+    """What a snapshot keeps of a partition once its table is written (or found already stored)."""
 
-    def write(partition: PartitionTable) -> tuple[str, int]:
-        temp = repo.store.temp_path(PARQUET)
-        try:
-            write_partition(partition.table, temp, partition.key, partition.content_hash)
-            result = repo.store.commit_object_file(temp, PARQUET)
-        finally:
-            temp.unlink(missing_ok=True)
+    key: str
+    content_hash: str
+    rows: int
+    min_chunk_id: int
+    max_chunk_id: int
+
+
+class _PartitionWriter:
+    """Writes the Parquet objects of a snapshot's new partitions, in parallel with their building.
+
+    The main thread builds partition tables (Python work that holds the GIL); encoder threads hash
+    and encode them (blake3 and pyarrow release the GIL); I/O threads write and fsync the bytes, so
+    an encoder never sits idle waiting for the disk."""
+
+    def __init__(self, repo: Repository, known: dict[str, PartitionEntry], defer: set[str], progress: Progress) -> None:
+        self.repo, self.known, self.defer, self.progress = repo, known, defer, progress
+        self.written: dict[str, tuple[str, int]] = {}
+        self.deferred: list[PartitionTable] = []
+
+    def write_new(self, layout: CacheLayout) -> list[BuiltPartition]:
+        """Build every partition; write those with new content, keep the deferred ones' tables."""
+        self.progress.begin("writing partitions", layout.rows, unit="rows")
+        built = self._run(layout.tables(), self.progress)
+        self.progress.end()
+        return built
+
+    def write_deferred(self) -> None:
+        deferred, self.deferred, self.defer = self.deferred, [], set()
+        self._run(iter(deferred), NO_PROGRESS)
+
+    def _run(self, partitions: Iterator[PartitionTable], progress: Progress) -> list[BuiltPartition]:
+        with ThreadPoolExecutor(ENCODER_THREADS) as encoders, ThreadPoolExecutor(IO_THREADS) as disks:
+            try:
+                futures = [encoders.submit(self._encode, partition, disks, progress) for partition in partitions]
+                results = [future.result() for future in futures]
+                for content, stored in ((built.content_hash, put) for built, put in results if put is not None):
+                    self.written[content] = stored.result()
+            except BaseException:
+                encoders.shutdown(wait=True, cancel_futures=True)
+                disks.shutdown(wait=True, cancel_futures=True)
+                raise
+        return [built for built, _ in results]
+
+    def entries(self, built: list[BuiltPartition]) -> list[PartitionEntry]:
+        entries = []
+        for p in built:
+            if p.content_hash in self.written:
+                object_id, size = self.written[p.content_hash]
+            else:
+                object_id, size = self.known[p.content_hash].object, self.known[p.content_hash].bytes
+            entries.append(PartitionEntry(p.key, object_id, p.content_hash, p.rows, size, p.min_chunk_id, p.max_chunk_id))
+        return entries
+
+    def _encode(
+        self, partition: PartitionTable, disks: ThreadPoolExecutor, progress: Progress
+    ) -> tuple[BuiltPartition, Future[tuple[str, int]] | None]:
+        content = partition.content_hash
+        built = BuiltPartition(partition.key, content, partition.rows, partition.min_chunk_id, partition.max_chunk_id)
         progress.advance(partition.rows)
-        return result
+        if content in self.known:
+            return built, None
+        if content in self.defer:
+            self.deferred.append(partition)  # list.append is atomic
+            return built, None
+        data = encode_partition(partition.table, partition.key, content)
+        return built, disks.submit(self._store, data)
 
-    with ThreadPoolExecutor(max_workers=WRITER_THREADS) as pool:
-        written = dict(zip((p.content_hash for p in to_write), pool.map(write, to_write)))
-    progress.end()
-    entries = []
-    for p in partitions:
-        if p.content_hash in written:
-            object_id, size = written[p.content_hash]
-        else:
-            object_id, size = known[p.content_hash].object, known[p.content_hash].bytes
-        entries.append(PartitionEntry(p.key, object_id, p.content_hash, p.rows, size, p.min_chunk_id, p.max_chunk_id))
-    return entries, len(to_write), sum(size for _, size in written.values())
+    def _store(self, data: pa.Buffer) -> tuple[str, int]:
+        return self.repo.store.put_object_bytes(memoryview(data), PARQUET), data.size

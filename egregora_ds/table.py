@@ -11,8 +11,9 @@ import json
 import operator
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import date, datetime
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import blake3
 import numpy as np
@@ -46,13 +47,17 @@ CONTENT_HASH_TAG = b"egds-content-v1\n"
 class PartitionTable:
     key: str
     table: pa.Table
-    content_hash: str
     min_chunk_id: int
     max_chunk_id: int
 
     @property
     def rows(self) -> int:
         return self.table.num_rows
+
+    @cached_property
+    def content_hash(self) -> str:
+        """Computed on first use, so a snapshot can hash in its writer threads (blake3 releases the GIL)."""
+        return content_hash(self.table)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,68 @@ class PartitionedCache:
     """The cache array's dtype string (`<f4`); stored little-endian, restored to this."""
 
 
+@dataclass(frozen=True)
+class CacheLayout:
+    """A validated cache and where each row goes; `tables()` builds the partitions one at a time.
+
+    Everything that can reject a cache is checked here, so a caller may start writing the first
+    partition while the next one is still being built."""
+
+    keys: list[str]
+    row_order: tuple[OrderRun, ...]
+    rows: int
+    dim: int
+    dtype: str
+    _chunks: Sequence[dict[str, Any]]
+    _rows_of: list[np.ndarray]
+    _chunk_ids: pa.Array
+    _dates: pa.Array
+    _date_is_canonical: np.ndarray
+    _vectors: pa.FixedSizeListArray
+
+    def tables(self) -> Iterator[PartitionTable]:
+        """Each partition's table, in key order."""
+        for p, key in enumerate(self.keys):
+            yield self._partition(key, self._rows_of[p])
+
+    def partitioned(self) -> PartitionedCache:
+        return PartitionedCache(list(self.tables()), self.row_order, self.rows, self.dim, self.dtype)
+
+    def _partition(self, key: str, rows: np.ndarray) -> PartitionTable:
+        contiguous = rows[-1] - rows[0] == len(rows) - 1
+        if contiguous:  # the usual case (a cache sorted by date): list slices and zero-copy Arrow slices
+            first, count = int(rows[0]), len(rows)
+            chunks = self._chunks[first : first + count]
+
+            def rows_of(array: pa.Array) -> pa.Array:
+                return array.slice(first, count)
+        else:
+            chunks = [self._chunks[i] for i in rows.tolist()]
+            taken = pa.array(rows)
+
+            def rows_of(array: pa.Array) -> pa.Array:
+                return array.take(taken)
+
+        # A field is a typed column in a partition only when every row there has it with the right
+        # type; otherwise the partition keeps it in `extra`. Deciding per partition keeps an odd chunk
+        # from changing the layout (and so the objects) of every other partition.
+        typed: dict[str, pa.Array] = {}
+        for name, (arrow_type, kind) in TYPED_FIELDS.items():
+            column = _typed_column(_field(chunks, name), kind, arrow_type)
+            if column is not None:
+                typed[name] = column
+        date_is_canonical = self._date_is_canonical[rows]
+        # Every row has chunk_id, the date and each typed field: any other key goes to `extra`.
+        needs_extra = np.fromiter(map(len, chunks), dtype=np.int64, count=len(chunks)) > 2 + len(typed)
+        needs_extra |= ~date_is_canonical
+        arrays = [rows_of(self._chunk_ids), rows_of(self._dates), *typed.values()]
+        arrays += [_extra_column(chunks, needs_extra, typed, date_is_canonical), rows_of(self._vectors)]
+        names = [CHUNK_ID, DATE, *typed, EXTRA, EMBEDDING]
+        table = pa.Table.from_arrays(arrays, names=names)
+        ids = arrays[0].to_numpy()
+        return PartitionTable(key, table, int(ids.min()), int(ids.max()))
+
+
 def _where(chunks: Sequence[dict[str, Any]], row: int) -> str:
     chunk_id = chunks[row].get(CHUNK_ID) if isinstance(chunks[row], dict) else None
     return f"metadata.json: chunks[{row}]" + (f" (chunk_id {chunk_id})" if chunk_id is not None else "")
@@ -72,6 +139,11 @@ def _where(chunks: Sequence[dict[str, Any]], row: int) -> str:
 
 def partition_cache(contents: CacheContents, partitioning: str, allow_nonfinite: bool = False) -> PartitionedCache:
     """Validate a cache and split it into per-period Arrow tables with their content hashes."""
+    return lay_out_cache(contents, partitioning, allow_nonfinite).partitioned()
+
+
+def lay_out_cache(contents: CacheContents, partitioning: str, allow_nonfinite: bool = False) -> CacheLayout:
+    """Validate a cache (every error a user can cause) and assign its rows to partitions."""
     chunks, array = contents.chunks, contents.embeddings
     n = len(chunks)
     if array.shape[0] != n:
@@ -88,68 +160,33 @@ def partition_cache(contents: CacheContents, partitioning: str, allow_nonfinite:
     chunk_ids = _chunk_id_column(chunks)
     days, date_is_canonical = _date_column(chunks)
     vectors = _embedding_values(array, chunks, chunk_ids, allow_nonfinite)
-    dim = array.shape[1]
-
     keys, codes = period_keys(days, partitioning)
-    typed_values: dict[str, list[Any]] = {}
-    typed_ok: dict[str, np.ndarray] = {}
-    present_count = np.full(n, 2, dtype=np.int64)  # chunk_id and newsletter_date are always there
-    for name, (arrow_type, kind) in TYPED_FIELDS.items():
-        values = _field(chunks, name)
-        typed_values[name] = values
-        if _all_of_type(values, kind, arrow_type):  # the usual case: no per-row Python checks
-            typed_ok[name] = np.ones(n, dtype=bool)
-            present_count += 1
-            continue
-        if kind is int:
-            ok = [v is None or (type(v) is int and _INT64_MIN <= v <= _INT64_MAX) for v in values]
-        else:
-            ok = [v is None or type(v) is kind for v in values]
-        typed_ok[name] = np.array(ok, dtype=bool)
-        present_count += np.array([v is not _MISSING for v in values], dtype=bool)
+    return CacheLayout(
+        keys=keys,
+        row_order=order_runs(codes),
+        rows=n,
+        dim=array.shape[1],
+        dtype=array.dtype.str,
+        _chunks=chunks,
+        _rows_of=rows_by_partition(codes, len(keys)),
+        _chunk_ids=chunk_ids,
+        _dates=pa.array(days.astype(np.int32), type=pa.int32()).cast(pa.date32()),
+        _date_is_canonical=date_is_canonical,
+        _vectors=vectors,
+    )
 
-    # A field is a typed column in a partition only when every row there has it with the right
-    # type; otherwise the partition keeps it in `extra`. Deciding per partition keeps an odd chunk
-    # from changing the layout (and so the objects) of every other partition.
-    typed_in: dict[str, np.ndarray] = {}
-    needs_extra = np.fromiter(map(len, chunks), dtype=np.int64, count=n) > present_count
-    needs_extra |= ~date_is_canonical
-    for name, ok in typed_ok.items():
-        bad_per_partition = np.bincount(codes[~ok], minlength=len(keys))
-        typed_in[name] = bad_per_partition == 0
-        untyped_rows = ~typed_in[name][codes]
-        if untyped_rows.any():
-            needs_extra |= untyped_rows & np.array([v is not _MISSING for v in typed_values[name]], dtype=bool)
-            values = typed_values[name]
-            for row in np.flatnonzero(untyped_rows):
-                values[row] = None
-    extra = _extra_column(chunks, needs_extra, codes, typed_in, date_is_canonical)
 
-    columns: dict[str, pa.Array] = {
-        CHUNK_ID: chunk_ids,
-        DATE: pa.array(days.astype(np.int32), type=pa.int32()).cast(pa.date32()),
-    }
-    for name, (arrow_type, _) in TYPED_FIELDS.items():
-        columns[name] = pa.array(typed_values[name], type=arrow_type)
-    columns[EXTRA] = extra
-    columns[EMBEDDING] = vectors
-    ids = chunk_ids.to_numpy()
+def _typed_column(values: list[Any], kind: type, arrow_type: pa.DataType) -> pa.Array | None:
+    """The Arrow column of `values` when every one is `kind` or None (and fits), else None.
 
-    partitions = []
-    for p, rows in enumerate(rows_by_partition(codes, len(keys))):
-        names = [CHUNK_ID, DATE, *(f for f in TYPED_FIELDS if typed_in[f][p]), EXTRA, EMBEDDING]
-        contiguous = rows[-1] - rows[0] == len(rows) - 1
-        if contiguous:  # the usual case (a cache sorted by date): zero-copy slices
-            arrays = [columns[name].slice(int(rows[0]), len(rows)) for name in names]
-        else:
-            taken = pa.array(rows)
-            arrays = [columns[name].take(taken) for name in names]
-        table = pa.Table.from_arrays(arrays, names=names)
-        partition_ids = ids[rows]
-        partitions.append(
-            PartitionTable(keys[p], table, content_hash(table), int(partition_ids.min()), int(partition_ids.max()))
-        )
-    return PartitionedCache(partitions, order_runs(codes), n, dim, array.dtype.str)
+    `set(map(type, ...))` runs in C; pyarrow's conversion does the int64 range check. bool is not
+    int here: its type is `bool`, so True never passes as 1."""
+    if not set(map(type, values)) <= {kind, type(None)}:
+        return None
+    try:
+        return pa.array(values, type=arrow_type)
+    except (OverflowError, pa.ArrowInvalid):
+        return None
 
 
 def _field(chunks: Sequence[dict[str, Any]], name: str) -> list[Any]:
@@ -235,23 +272,15 @@ def _date_column(chunks: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarr
 
 
 def _extra_column(
-    chunks: Sequence[dict[str, Any]],
-    needs_extra: np.ndarray,
-    codes: np.ndarray,
-    typed_in: dict[str, np.ndarray],
-    date_is_canonical: np.ndarray,
+    chunks: Sequence[dict[str, Any]], needs_extra: np.ndarray, typed: dict[str, Any], date_is_canonical: np.ndarray
 ) -> pa.Array:
     """JSON text of each chunk's fields that no typed column holds (null for most rows)."""
     values: list[str | None] = [None] * len(chunks)
-    for row in np.flatnonzero(needs_extra):
-        chunk = chunks[row]
-        p = codes[row]
+    for row in np.flatnonzero(needs_extra).tolist():
         kept = {
             k: v
-            for k, v in chunk.items()
-            if k != CHUNK_ID
-            and not (k == DATE and date_is_canonical[row])
-            and not (k in typed_in and typed_in[k][p])
+            for k, v in chunks[row].items()
+            if k != CHUNK_ID and not (k == DATE and date_is_canonical[row]) and k not in typed
         }
         values[row] = json.dumps(kept, ensure_ascii=False, separators=(",", ":"))
     return pa.array(values, type=pa.string())

@@ -285,11 +285,12 @@ def test_a_snapshot_killed_before_or_after_any_rename_leaves_a_verified_repo_at_
 def test_a_killed_snapshot_leaves_temp_files_that_verify_reports_and_gc_removes(child_script, small_snapshot_base, tmp_path):
     base, v1, new = small_snapshot_base
     shutil.copytree(base, tmp_path / "repo")
-    # Rename 1 is the first object's commit: its temp file is complete and still in tmp/.
+    # Rename 1 is the first object's commit: its temp file (`.ID.parquet.XXXX.tmp`, next to where the
+    # object goes) is complete and not yet renamed.
     pause_and_kill(child_script, tmp_path, 1, "before", root=str(tmp_path / "repo"), op="snapshot")
     repo = Repository.open(tmp_path / "repo")
     temps = leftover_temps(repo.root)
-    assert temps and all(p.parent == repo.store.tmp_dir for p in temps)
+    assert temps and all(p.parent.parent == repo.store.objects_dir and p.name.startswith(".") for p in temps)
     report = repo.verify()
     assert report.ok and any("temporary files" in n for n in report.notes), report.notes
     dry = repo.gc(dry_run=True)

@@ -322,3 +322,27 @@ def test_the_partition_object_round_trips_its_content_hash(filled_repo: Reposito
         assert content_hash(read_partition(data)) == entry.content_hash
     assert len(parquet_objects(filled_repo)) == len(manifest.partitions) == 6
     assert load_cache(filled_repo.cache_path)[2] == INDEX
+
+
+def test_a_partition_whose_object_is_missing_here_is_rewritten_only_when_a_new_version_is_recorded(
+    filled_repo: Repository,
+) -> None:
+    repo = filled_repo
+    v1 = repo.show()[1]
+    march = next(p for p in v1.partitions if p.key == "2024-03")
+    repo.store.object_path(march.object, ".parquet").unlink()  # e.g. a clone that never fetched it
+    (repo.store.root / "state.json").unlink()  # no stamp: the cache is parsed and compared
+    before = object_files(repo)
+
+    unchanged = repo.snapshot("nothing new")
+    assert not unchanged.created and object_files(repo) == before
+
+    chunks, embeddings = make_chunks(60), make_embeddings(60)
+    chunks[3]["text"] = "corrigido"  # January
+    result = _snapshot(repo, chunks, embeddings, "change")
+    # The new January object, and March's again: v2 must not name an object this store lacks.
+    assert result.created and result.partitions.written == 2
+    v2 = repo.show()[1]
+    assert all(repo.store.has_object(p.object, ".parquet") for p in v2.partitions)
+    assert next(p for p in v2.partitions if p.key == "2024-03").content_hash == march.content_hash
+    assert repo.verify().ok

@@ -61,7 +61,7 @@ class LocalStore:
         fsync_dir(final.parent)
         return object_id, size
 
-    def put_object_bytes(self, data: bytes, suffix: str, verified_id: str | None = None) -> str:
+    def put_object_bytes(self, data: bytes | memoryview, suffix: str, verified_id: str | None = None) -> str:
         """Store `data` under the hash of its bytes. `verified_id`: the caller has just hashed these
         very bytes (a download checked against its name), so they are not hashed a second time."""
         object_id = verified_id if verified_id is not None else hash_bytes(data)
