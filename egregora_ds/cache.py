@@ -14,7 +14,7 @@ import json
 import math
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,54 +305,75 @@ class _HashingWriter:
 
 
 def write_cache(
-    path: Path, embeddings: np.ndarray, pickle_extra: dict[str, Any], metadata_bytes: bytes, index_bytes: bytes | None
+    path: Path,
+    embeddings: np.ndarray,
+    pickle_extra: dict[str, Any],
+    metadata: bytes | Sequence[memoryview],
+    index_bytes: bytes | None,
 ) -> dict[str, str | None]:
     """Replace the cache files as one unit; return the blake3 of each file written.
 
-    All new files are written and fsynced under temporary names first; a journal then lists the
-    renames, so a process killed mid-way leaves either the old cache (before the journal) or a
-    journal that the next egds command rolls forward (after it). The old cache is never half-replaced.
+    `metadata` is metadata.json's bytes, or pieces of them written in order. All new files are
+    written and fsynced under temporary names first; a journal then lists the renames, so a
+    process killed mid-way leaves either the old cache (before the journal) or a journal that the
+    next egds command rolls forward (after it). The old cache is never half-replaced.
     """
     path.mkdir(parents=True, exist_ok=True)
     with _cache_lock(path):
-        return _write_cache(path, embeddings, pickle_extra, metadata_bytes, index_bytes)
+        return _write_cache(path, embeddings, pickle_extra, metadata, index_bytes)
 
 
 def _write_cache(
-    path: Path, embeddings: np.ndarray, pickle_extra: dict[str, Any], metadata_bytes: bytes, index_bytes: bytes | None
+    path: Path,
+    embeddings: np.ndarray,
+    pickle_extra: dict[str, Any],
+    metadata: bytes | Sequence[memoryview],
+    index_bytes: bytes | None,
 ) -> dict[str, str | None]:
     _recover(path)
     digests: dict[str, str | None] = {}
-    tmp_pickle = path / (EMBEDDINGS + _TMP_SUFFIX)
-    with open(tmp_pickle, "wb") as raw:
-        writer = _HashingWriter(raw)
-        # Protocol 5 writes the array's buffer in-band without an intermediate copy.
-        pickle.dump({"embeddings": embeddings, **pickle_extra}, writer, protocol=5)
-        raw.flush()
-        os.fsync(raw.fileno())
-    digests[EMBEDDINGS] = writer.hasher.hexdigest()
-    _write_synced(path / (METADATA + _TMP_SUFFIX), metadata_bytes)
-    digests[METADATA] = blake3.blake3(metadata_bytes, max_threads=blake3.blake3.AUTO).hexdigest()
+    # The two big files are written side by side: writes, blake3 and fsync all release the GIL.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pickle_digest = writer.submit(_write_pickle, path / (EMBEDDINGS + _TMP_SUFFIX), embeddings, pickle_extra)
+        try:
+            pieces = [metadata] if isinstance(metadata, bytes) else metadata
+            digests[METADATA] = _write_synced(path / (METADATA + _TMP_SUFFIX), pieces)
+        finally:
+            digests[EMBEDDINGS] = pickle_digest.result()
     renames = [EMBEDDINGS, METADATA]
     deletes = []
     if index_bytes is not None:
-        _write_synced(path / (INDEX + _TMP_SUFFIX), index_bytes)
+        digests[INDEX] = _write_synced(path / (INDEX + _TMP_SUFFIX), [index_bytes])
         renames.append(INDEX)
-        digests[INDEX] = blake3.blake3(index_bytes).hexdigest()
     else:
         deletes.append(INDEX)
         digests[INDEX] = None
     fsync_dir(path)
     atomic_write_bytes(path / JOURNAL, json.dumps({"rename": renames, "delete": deletes}).encode())
     _recover(path)
-    return digests
+    return {name: digests[name] for name in CACHE_FILES}
 
 
-def _write_synced(file: Path, data: bytes) -> None:
+def _write_pickle(file: Path, embeddings: np.ndarray, pickle_extra: dict[str, Any]) -> str:
+    with open(file, "wb") as raw:
+        writer = _HashingWriter(raw)
+        # Protocol 5 writes the array's buffer in-band without an intermediate copy.
+        pickle.dump({"embeddings": embeddings, **pickle_extra}, writer, protocol=5)
+        raw.flush()
+        os.fsync(raw.fileno())
+    return writer.hasher.hexdigest()
+
+
+def _write_synced(file: Path, pieces: Sequence[bytes | memoryview]) -> str:
+    """Write `pieces` in order, fsync, and return the blake3 of all of them."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     with open(file, "wb") as out:
-        out.write(data)
+        for piece in pieces:
+            hasher.update(piece)
+            out.write(piece)
         out.flush()
         os.fsync(out.fileno())
+    return hasher.hexdigest()
 
 
 @contextlib.contextmanager

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
 
 import pyarrow as pa
 
-from .cache import encode_json, file_digests, has_nonfinite, read_cache, write_cache
+from .cache import file_digests, read_cache, write_cache
 from .errors import CacheError, CorruptObject, UnsavedWork, UsageError
 from .ids import JSON, PARQUET, hash_bytes, short
 from .model import Manifest, OrderRun, PartitionEntry
 from .parquet_io import read_partition
 from .progress import Progress
-from .rebuild import extras_may_be_nonfinite, rebuild_chunks, rebuild_embeddings
+from .metadata_json import chunk_objects, metadata_pieces
+from .rebuild import destination_ranges, scatter_vectors
 from .results import CheckoutResult
 from .table import EMBEDDING, content_hash
 
@@ -43,18 +46,11 @@ def checkout(
         fetch_for_checkout(repo, manifest_object_keys(manifest, None if partitions is None else set(selected)), progress)
         entries = [p for p in manifest.partitions if p.key in set(selected)]
         row_order = _row_order_of(manifest, entries)
-        rows = sum(p.rows for p in entries)
-        tables, bytes_read = read_version_tables(repo, manifest, progress, entries)
-        embeddings = rebuild_embeddings(tables, row_order, rows, manifest.dim, manifest.dtype)
-        tables = [t.drop_columns([EMBEDDING]) for t in tables]
-        chunks = rebuild_chunks(tables, row_order)
-        nonfinite_possible = extras_may_be_nonfinite(tables)
-        del tables
+        embeddings, chunk_objects, bytes_read = read_version(repo, manifest, entries, row_order, progress)
         extras = load_extras(repo, manifest)
-        metadata = {"chunks": chunks, **extras.get("metadata", {})}
-        nonfinite_possible = nonfinite_possible or has_nonfinite(extras.get("metadata", {}))
+        metadata = metadata_pieces(chunk_objects, row_order, extras.get("metadata", {}))
         index_bytes = repo.store.read_object(manifest.index, JSON, "index.json") if manifest.index else None
-        new_digests = write_cache(cache, embeddings, extras.get("pickle", {}), encode_json(metadata, nonfinite_possible), index_bytes)
+        new_digests = write_cache(cache, embeddings, extras.get("pickle", {}), metadata, index_bytes)
         repo.set_cache_stamp(cache, manifest_id, new_digests, None if partitions is None else selected)
     return _result(manifest_id, manifest, selected, cache, bytes_read)
 
@@ -100,14 +96,19 @@ def _result(
     )
 
 
-def read_version_tables(
-    repo: Repository, manifest: Manifest, progress: Progress, entries: list[PartitionEntry] | None = None
-) -> tuple[list[pa.Table], int]:
-    """Partitions of a version (all, or `entries`) as Arrow tables, each object re-hashed and its content re-derived."""
-    entries = list(manifest.partitions) if entries is None else entries
+def read_version(
+    repo: Repository, manifest: Manifest, entries: list[PartitionEntry], row_order: Sequence[OrderRun], progress: Progress
+) -> tuple[np.ndarray, list[pa.Array], int]:
+    """The array and each partition's chunk objects (JSON text) of `entries`, every object re-hashed
+    and its content re-derived. Reader threads do it all (blake3, Parquet, Arrow kernels and the
+    array copy release the GIL); a partition's table is freed as soon as it is turned into both."""
+    rows = sum(p.rows for p in entries)
+    stored = np.dtype(manifest.dtype).newbyteorder("<")
+    embeddings = np.empty((rows, manifest.dim), dtype=stored)
+    destinations = destination_ranges(row_order, len(entries))
     progress.begin("reading partitions", sum(p.bytes for p in entries), unit="bytes")
 
-    def read(entry: Any) -> pa.Table:
+    def read(entry: PartitionEntry, ranges: list[tuple[int, int]]) -> pa.Array:
         where = f"partition {entry.key} of version {manifest.version}"
         data = repo.store.read_object(entry.object, PARQUET, where)
         table = read_partition(data)
@@ -116,13 +117,17 @@ def read_version_tables(
                 f"object {short(entry.object)}.parquet ({where}) decodes to content that differs from the manifest; "
                 "nothing was written"
             )
+        scatter_vectors(table.column(EMBEDDING), manifest.dim, ranges, embeddings)
+        objects = chunk_objects(table.drop_columns([EMBEDDING]), f"object {short(entry.object)}.parquet ({where})")
         progress.advance(entry.bytes)
-        return table
+        return objects
 
     with ThreadPoolExecutor(max_workers=READER_THREADS) as pool:
-        tables = list(pool.map(read, entries))
+        chunk_texts = list(pool.map(read, entries, destinations))
     progress.end()
-    return tables, sum(p.bytes for p in entries)
+    if np.dtype(manifest.dtype) != stored:
+        embeddings = embeddings.astype(np.dtype(manifest.dtype))
+    return embeddings, chunk_texts, sum(p.bytes for p in entries)
 
 
 def load_extras(repo: Repository, manifest: Manifest) -> dict[str, Any]:
