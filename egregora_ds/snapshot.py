@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -212,6 +213,10 @@ class _PartitionWriter:
         self.repo, self.known, self.defer, self.progress = repo, known, defer, progress
         self.written: dict[str, tuple[str, int]] = {}
         self.deferred: list[PartitionTable] = []
+        # Encoded files waiting for a disk thread are bounded, so a slow disk cannot make the
+        # whole version's Parquet bytes pile up in memory.
+        self._in_flight = threading.BoundedSemaphore(IO_THREADS)
+        self._queued = threading.BoundedSemaphore(2 * ENCODER_THREADS)
 
     def write_new(self, layout: CacheLayout) -> list[BuiltPartition]:
         """Build every partition; write those with new content, keep the deferred ones' tables."""
@@ -227,7 +232,17 @@ class _PartitionWriter:
     def _run(self, partitions: Iterator[PartitionTable], progress: Progress) -> list[BuiltPartition]:
         with ThreadPoolExecutor(ENCODER_THREADS) as encoders, ThreadPoolExecutor(IO_THREADS) as disks:
             try:
-                futures = [encoders.submit(self._encode, partition, disks, progress) for partition in partitions]
+                futures = []
+                while True:
+                    # Build a table only when an encoder will soon take it: at most two per encoder
+                    # wait, so the tables of a whole version are never all in memory at once.
+                    self._queued.acquire()
+                    partition = next(partitions, None)
+                    if partition is None:
+                        self._queued.release()
+                        break
+                    futures.append(encoders.submit(self._encode, partition, disks, progress))
+                    del partition
                 results = [future.result() for future in futures]
                 for content, stored in ((built.content_hash, put) for built, put in results if put is not None):
                     self.written[content] = stored.result()
@@ -250,6 +265,14 @@ class _PartitionWriter:
     def _encode(
         self, partition: PartitionTable, disks: ThreadPoolExecutor, progress: Progress
     ) -> tuple[BuiltPartition, Future[tuple[str, int]] | None]:
+        try:
+            return self._hash_and_encode(partition, disks, progress)
+        finally:
+            self._queued.release()
+
+    def _hash_and_encode(
+        self, partition: PartitionTable, disks: ThreadPoolExecutor, progress: Progress
+    ) -> tuple[BuiltPartition, Future[tuple[str, int]] | None]:
         content = partition.content_hash
         built = BuiltPartition(partition.key, content, partition.rows, partition.min_chunk_id, partition.max_chunk_id)
         progress.advance(partition.rows)
@@ -259,7 +282,15 @@ class _PartitionWriter:
             self.deferred.append(partition)  # list.append is atomic
             return built, None
         data = encode_partition(partition.table, partition.key, content)
-        return built, disks.submit(self._store, data)
+        self._in_flight.acquire()
+        try:
+            return built, disks.submit(self._store, data)
+        except BaseException:
+            self._in_flight.release()
+            raise
 
     def _store(self, data: pa.Buffer) -> tuple[str, int]:
-        return self.repo.store.put_object_bytes(memoryview(data), PARQUET), data.size
+        try:
+            return self.repo.store.put_object_bytes(memoryview(data), PARQUET), data.size
+        finally:
+            self._in_flight.release()

@@ -323,7 +323,7 @@ def content_hash(table: pa.Table) -> str:
     Independent of Parquet writer, compression, chunking, string vs large_string, and buffer
     offsets; dependent on every value, every column name and type, and row order.
     """
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    hasher = blake3.blake3()
     hasher.update(CONTENT_HASH_TAG)
     header = "".join(f"{f.name}:{_canonical_type(f.type)}\n" for f in table.schema)
     _update(hasher, header.encode())

@@ -635,6 +635,30 @@ def test_a_push_to_a_directory_remote_that_is_a_file_is_refused_and_the_file_unt
     assert code == 1
 
 
+def test_a_push_to_a_directory_remote_several_levels_below_an_existing_one_creates_them(
+    filled_repo: Repository, tmp_path: Path
+) -> None:
+    target = tmp_path / "disk" / "backups" / "egds" / "remote"
+    filled_repo.remote_add("usb", str(target))
+    result = filled_repo.push("usb")
+    assert result.ref_updated and (target / "egds" / "refs" / "main").is_file()
+    cloned = Repository.clone(str(target), tmp_path / "clone")
+    assert cloned.id == filled_repo.head()
+
+
+def test_a_push_to_a_directory_remote_below_a_file_is_refused_naming_the_file(
+    filled_repo: Repository, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_bytes(b"a file")
+    filled_repo.remote_add("usb", str(blocker / "sub" / "remote"))
+    before = repo_tree(filled_repo.root)
+    with pytest.raises(RemoteError) as raised:
+        filled_repo.push("usb")
+    assert_message(raised.value, str(blocker), "is a file, not a directory", "use another path")
+    assert blocker.read_bytes() == b"a file" and repo_tree(filled_repo.root) == before
+
+
 def test_pull_from_a_remote_without_versions_says_push_first(filled_repo: Repository, tmp_path: Path) -> None:
     filled_repo.remote_add("empty", str(tmp_path / "empty-remote"))
     before = repo_tree(filled_repo.root)

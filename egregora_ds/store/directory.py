@@ -53,9 +53,16 @@ class DirectoryRemote:
             raise RemoteError(f"cannot write {key} to {self.root}: {exc.strerror or exc}; check the disk is mounted, writable and not full") from None
 
     def check_writable(self) -> None:
-        probe = self.root if self.root.exists() else self.root.parent
-        if not os.access(probe, os.W_OK):
-            raise RemoteAuthError(f"remote directory {self.root} is not writable by this user; check its permissions")
+        """The remote, or the nearest existing directory above it (where push will create it), is writable."""
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise RemoteError(
+                f"remote {self.root} cannot be created: {probe} is a file, not a directory; use another path for the remote"
+            )
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise RemoteAuthError(f"remote directory {self.root} is not writable by this user ({probe}); check its permissions")
 
     def describe(self) -> str:
         return str(self.root)
