@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrow_arrays import bool_array, numeric_array, string_array, text_scalar, valid_values
 from .cache import encode_json
 from .errors import CorruptObject
 from .model import OrderRun
@@ -30,7 +31,7 @@ _ESCAPE = {c: _SHORT_ESCAPES.get(c, b"\\u%04x" % c) for c in (*range(0x20), 0x22
 
 
 def _text(value: str) -> pa.Scalar:
-    return pa.scalar(value, _TEXT)
+    return text_scalar(value, large=True)
 
 
 def json_strings(array: pa.Array) -> pa.Array:
@@ -102,17 +103,17 @@ def chunk_objects(table: pa.Table, where: str) -> pa.Array:
         replacements = [encode_json(chunk).decode() + "," for chunk in _chunk_dicts(table, names, redo)]
         mask = np.zeros(len(rows), dtype=bool)
         mask[redo] = True
-        rows = pc.replace_with_mask(rows, pa.array(mask), pa.array(replacements, _TEXT))
+        rows = pc.replace_with_mask(rows, bool_array(mask), string_array(replacements).cast(_TEXT))
     return rows
 
 
 def _check_extras(extra: pa.Array, names: list[str], where: str) -> np.ndarray:
     """Rows whose chunk must be rebuilt in Python: those whose `extra` holds a non-canonical date,
     which goes where the extra object has it, not in the date column's place (SPEC.md §5.1)."""
-    rows = np.flatnonzero(extra.is_valid().to_numpy(zero_copy_only=False))
+    rows = np.flatnonzero(valid_values(extra))
     typed = set(names)
     redo = []
-    for row, text in zip(rows.tolist(), extra.take(pa.array(rows)).to_pylist()):
+    for row, text in zip(rows.tolist(), extra.take(numeric_array(rows.astype(np.int64))).to_pylist()):
         try:
             fields = msgspec.json.decode(text)
         except msgspec.DecodeError:
@@ -131,7 +132,7 @@ def _check_extras(extra: pa.Array, names: list[str], where: str) -> np.ndarray:
 
 
 def _chunk_dicts(table: pa.Table, names: list[str], rows: np.ndarray) -> list[dict[str, Any]]:
-    picked = table.take(pa.array(rows))
+    picked = table.take(numeric_array(rows))
     columns = [(picked.column(n).cast(pa.string()) if n == DATE else picked.column(n)).to_pylist() for n in names]
     chunks = [dict(zip(names, values)) for values in zip(*columns)]
     for chunk, text in zip(chunks, picked.column(EXTRA).to_pylist()):

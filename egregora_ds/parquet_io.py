@@ -41,4 +41,5 @@ def write_partition(table: pa.Table, path: Path, key: str, content_hash: str) ->
 
 def read_partition(data: bytes | pa.Buffer) -> pa.Table:
     """Parse verified bytes (never re-read the file: what was hashed is what is parsed)."""
-    return pq.read_table(pa.BufferReader(data))
+    # ParquetFile, not read_table: the latter loads pyarrow.dataset, which imports pandas.
+    return pq.ParquetFile(pa.BufferReader(data)).read()

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from .arrow_arrays import numpy_view
 from .model import OrderRun
 
 
@@ -25,7 +26,7 @@ def scatter_vectors(column: pa.ChunkedArray, dim: int, ranges: list[tuple[int, i
     range_index, range_done = 0, 0
     for chunk in column.chunks:
         # flatten() honours the chunk's offset; `.values` would not (see notes/parquet-performance.md).
-        source = chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+        source = numpy_view(chunk.flatten()).reshape(-1, dim)
         taken = 0
         while taken < len(source):
             start, length = ranges[range_index]

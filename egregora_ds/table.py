@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrow_arrays import bool_values, filled_values, int64_array, numeric_array, string_array, text_scalar, valid_values, numpy_view
 from .cache import CacheContents
 from .errors import CacheError, NonFiniteEmbeddings
 from .model import OrderRun
@@ -39,8 +40,8 @@ TYPED_FIELDS: dict[str, tuple[pa.DataType, type]] = {
 }
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _MISSING = object()
-_ARROW_FLOATS = {2: pa.float16(), 4: pa.float32(), 8: pa.float64()}
 CONTENT_HASH_TAG = b"egds-content-v1\n"
+_EMPTY_TEXT = text_scalar("", large=True)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class CacheLayout:
                 return array.slice(first, count)
         else:
             chunks = [self._chunks[i] for i in rows.tolist()]
-            taken = pa.array(rows)
+            taken = numeric_array(rows.astype(np.int64))
 
             def rows_of(array: pa.Array) -> pa.Array:
                 return array.take(taken)
@@ -128,7 +129,7 @@ class CacheLayout:
         arrays += [_extra_column(chunks, needs_extra, typed, date_is_canonical), rows_of(self._vectors)]
         names = [CHUNK_ID, DATE, *typed, EXTRA, EMBEDDING]
         table = pa.Table.from_arrays(arrays, names=names)
-        ids = arrays[0].to_numpy()
+        ids = numpy_view(arrays[0])
         return PartitionTable(key, table, int(ids.min()), int(ids.max()))
 
 
@@ -170,7 +171,7 @@ def lay_out_cache(contents: CacheContents, partitioning: str, allow_nonfinite: b
         _chunks=chunks,
         _rows_of=rows_by_partition(codes, len(keys)),
         _chunk_ids=chunk_ids,
-        _dates=pa.array(days.astype(np.int32), type=pa.int32()).cast(pa.date32()),
+        _dates=numeric_array(days.astype(np.int32), pa.date32()),
         _date_is_canonical=date_is_canonical,
         _vectors=vectors,
     )
@@ -179,13 +180,14 @@ def lay_out_cache(contents: CacheContents, partitioning: str, allow_nonfinite: b
 def _typed_column(values: list[Any], kind: type, arrow_type: pa.DataType) -> pa.Array | None:
     """The Arrow column of `values` when every one is `kind` or None (and fits), else None.
 
-    `set(map(type, ...))` runs in C; pyarrow's conversion does the int64 range check. bool is not
-    int here: its type is `bool`, so True never passes as 1."""
+    `set(map(type, ...))` runs in C. bool is not int here: its type is `bool`, so True never
+    passes as 1. A str UTF-8 cannot carry (a lone surrogate) keeps the field out of the typed
+    columns, so `extra` stores it (escaped)."""
     if not set(map(type, values)) <= {kind, type(None)}:
         return None
     try:
-        return pa.array(values, type=arrow_type)
-    except (OverflowError, pa.ArrowInvalid):
+        return int64_array(values) if kind is int else string_array(values)
+    except (OverflowError, UnicodeEncodeError):
         return None
 
 
@@ -194,37 +196,23 @@ def _field(chunks: Sequence[dict[str, Any]], name: str) -> list[Any]:
     return list(map(operator.methodcaller("get", name, _MISSING), chunks))
 
 
-def _all_of_type(values: list[Any], kind: type, arrow_type: pa.DataType, nullable: bool = True) -> bool:
-    """True when every value is `kind` (or None when `nullable`) and fits `arrow_type`.
-
-    `set(map(type, ...))` runs in C; pyarrow's conversion does the int64 range check. bool is not
-    int here: its type is `bool`, so True never passes as 1."""
-    allowed = {kind, type(None)} if nullable else {kind}
-    if not set(map(type, values)) <= allowed:
-        return False
-    if kind is int:
-        try:
-            pa.array(values, type=arrow_type)
-        except (OverflowError, pa.ArrowInvalid):
-            return False
-    return True
-
-
 def _chunk_id_column(chunks: Sequence[dict[str, Any]]) -> pa.Array:
     values = _field(chunks, CHUNK_ID)
-    if _all_of_type(values, int, pa.int64(), nullable=False):
-        bad: list[int] = []
-    else:
+    ids = None
+    if set(map(type, values)) <= {int}:
+        try:
+            ids = np.fromiter(values, dtype=np.int64, count=len(values))
+        except OverflowError:
+            pass
+    if ids is None:
         bad = [i for i, v in enumerate(values) if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX]
-    if bad:
         value = values[bad[0]]
         shown = "missing" if value is _MISSING else f"{value!r}"
         raise CacheError(
             f"{_where(chunks, bad[0])}: chunk_id is {shown}; every chunk needs an integer chunk_id "
             f"({len(bad)} chunks affected)"
         )
-    column = pa.array(values, type=pa.int64())
-    ids = column.to_numpy()
+    column = numeric_array(ids)
     unique, counts = np.unique(ids, return_counts=True)
     if len(unique) != len(ids):
         duplicated = unique[counts > 1]
@@ -244,13 +232,13 @@ def _date_column(chunks: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarr
         row = next(i for i, v in enumerate(raw) if type(v) is not str)
         shown = "missing" if DATE not in chunks[row] else f"{raw[row]!r}"
         raise CacheError(f"{_where(chunks, row)}: newsletter_date is {shown}; every chunk needs an ISO date string")
-    strings = pa.array(raw, type=pa.string())
     try:
+        strings = string_array(raw)
         dates = pc.cast(strings, pa.date32())
-        days = dates.to_numpy(zero_copy_only=False).astype("datetime64[D]").astype(np.int64)
-        canonical = pc.equal(pc.cast(dates, pa.string()), strings).to_numpy(zero_copy_only=False)
+        days = filled_values(dates, "<i4").astype(np.int64)
+        canonical = bool_values(pc.equal(pc.cast(dates, pa.string()), strings))
         return days, canonical
-    except pa.ArrowInvalid:
+    except (pa.ArrowInvalid, UnicodeEncodeError):
         pass  # some dates are not plain YYYY-MM-DD: parse one by one to accept other ISO forms
     days = np.empty(n, dtype=np.int64)
     epoch = date(1970, 1, 1)
@@ -266,15 +254,19 @@ def _date_column(chunks: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarr
                 ) from None
         days[i] = (parsed - epoch).days
     canonical = np.array([len(t) == 10 and t[4] == "-" and t[7] == "-" for t in raw], dtype=bool)
-    formatted = pc.cast(pa.array(days.astype("datetime64[D]"), type=pa.date32()), pa.string())
-    canonical &= pc.equal(formatted, strings).to_numpy(zero_copy_only=False)
+    formatted = pc.cast(numeric_array(days.astype(np.int32), pa.date32()), pa.string())
+    canonical &= bool_values(pc.equal(formatted, string_array(raw)))
     return days, canonical
 
 
 def _extra_column(
     chunks: Sequence[dict[str, Any]], needs_extra: np.ndarray, typed: dict[str, Any], date_is_canonical: np.ndarray
 ) -> pa.Array:
-    """JSON text of each chunk's fields that no typed column holds (null for most rows)."""
+    """JSON text of each chunk's fields that no typed column holds (null for most rows).
+
+    Non-ASCII characters are written as they are, except in the rare text that holds a lone
+    surrogate (UTF-8 cannot carry it): that chunk's JSON escapes everything, which loads back
+    to the same string."""
     values: list[str | None] = [None] * len(chunks)
     for row in np.flatnonzero(needs_extra).tolist():
         kept = {
@@ -282,8 +274,13 @@ def _extra_column(
             for k, v in chunks[row].items()
             if k != CHUNK_ID and not (k == DATE and date_is_canonical[row]) and k not in typed
         }
-        values[row] = json.dumps(kept, ensure_ascii=False, separators=(",", ":"))
-    return pa.array(values, type=pa.string())
+        text = json.dumps(kept, ensure_ascii=False, separators=(",", ":"))
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = json.dumps(kept, ensure_ascii=True, separators=(",", ":"))
+        values[row] = text
+    return string_array(values)
 
 
 def _embedding_values(
@@ -299,7 +296,7 @@ def _embedding_values(
             )
     native = array.astype(array.dtype.newbyteorder("<"), copy=False) if array.dtype.byteorder == ">" else array
     native = np.ascontiguousarray(native)
-    values = pa.array(native.reshape(-1), type=_ARROW_FLOATS[native.dtype.itemsize])
+    values = numeric_array(native.reshape(-1))
     return pa.FixedSizeListArray.from_arrays(values, array.shape[1])
 
 
@@ -354,25 +351,26 @@ def _hash_array(hasher: Any, array: pa.Array) -> None:
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
     if array.null_count:
-        _update(hasher, np.packbits(array.is_valid().to_numpy(zero_copy_only=False), bitorder="little"))
+        _update(hasher, np.packbits(valid_values(array), bitorder="little"))
     else:
         _update(hasher, b"")
     arrow_type = array.type
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
-        array = pc.fill_null(array, "").cast(pa.large_string())
+        array = array.cast(pa.large_string())
+        if array.null_count:
+            array = pc.fill_null(array, _EMPTY_TEXT)
         offsets = np.frombuffer(array.buffers()[1], dtype="<i8")[array.offset : array.offset + len(array) + 1]
         start, end = (int(offsets[0]), int(offsets[-1])) if len(offsets) else (0, 0)
         _update(hasher, _little_endian(offsets - start, "<i8"))
         data = array.buffers()[2]
         _update(hasher, memoryview(data)[start:end] if data is not None else b"")
     elif pa.types.is_fixed_size_list(arrow_type):
-        values = array.flatten().to_numpy(zero_copy_only=False)
+        values = numpy_view(array.flatten())
         _update(hasher, _little_endian(values, values.dtype))
     elif pa.types.is_date32(arrow_type):
-        _update(hasher, _little_endian(pc.fill_null(array, 0).cast(pa.int32()).to_numpy(), "<i4"))
+        _update(hasher, _little_endian(filled_values(array, "<i4"), "<i4"))
     elif pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
-        filled = (pc.fill_null(array, 0) if array.null_count else array).to_numpy(zero_copy_only=False)
-        _update(hasher, _little_endian(filled, filled.dtype))
+        _update(hasher, numpy_view(array))
     else:
         raise TypeError(f"content hash: unsupported column type {arrow_type}")
 
