@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+README = Path(__file__).parent.parent / "README.md"
 ONE_M_HEADROOM_GIB = 20
 
 
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the raw figures, targets and machine info here")
     p.add_argument("--gate", action="store_true",
                    help="exit 1 if a gated target misses by more than its noise margin (CI, at --size small)")
-    p.add_argument("--write-results", action="store_true", help=f"replace this size's section of {RESULTS.name}")
+    p.add_argument("--write-results", action="store_true",
+                   help=f"replace this size's section of {RESULTS.name} (and, for 100k, the README's table)")
     p.add_argument("--no-rss", dest="rss", action="store_false", help="skip the fresh-process peak-RSS runs")
     p.add_argument("--no-seed", dest="seed", action="store_false", default=None, help="skip the seed path")
     p.add_argument("--no-lance", dest="lance", action="store_false", default=None, help="skip Lance")
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")
     if args.write_results:
         report.write_results(RESULTS, r, command.strip())
+        report.write_readme_table(README, r, command.strip())
     if args.gate:
         if failures:
             print("\nGATE FAILED:\n" + "\n".join(f"- {f}" for f in failures), file=sys.stderr)
