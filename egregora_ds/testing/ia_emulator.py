@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 S3_HOST = "s3.us.archive.org"
 DATANODE = "ia800000.us.archive.org"
-FAULTS = frozenset({"503", "500", "reset", "corrupt"})
+FAULTS = frozenset({"503", "500", "reset", "corrupt", "lost_reply"})
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,99}$")
 _META_HEADER = re.compile(r"^x-archive-meta(\d*)-(.+)$", re.IGNORECASE)
 _DATANODE_HOST = re.compile(r"^ia\d+\.us\.archive\.org$")
@@ -66,7 +66,8 @@ _FAULT_ERRORS = {"503": (503, "SlowDown", "Please reduce your request rate."),
 
 @dataclass
 class RequestRecord:
-    """One request as the emulator saw it. ``status`` is None when the connection was reset instead."""
+    """One request as the emulator saw it. ``status`` is None when the connection was reset before the request
+    was acted on; a "lost_reply" request has the status of what was done, though the client never saw it."""
 
     index: int  # 0-based over every request since start; clear_log() does not reset it
     method: str
@@ -270,6 +271,9 @@ class _Handler(BaseHTTPRequestHandler):
                 emu.errors.append(traceback.format_exc())
                 reply = _s3_error(500, "InternalError", "emulator bug; see IAEmulator.errors")
         status, headers, payload = reply
+        if fault == "lost_reply":  # acted on (a PUT is stored), but the connection drops before the reply
+            log(status, len(body), 0)
+            return self._reset()
         if fault == "corrupt" and self.command == "GET":
             payload = _flip(payload)
         if fault == "reset":  # a GET: promise the whole body, deliver half, then drop the connection
@@ -346,13 +350,15 @@ class IAEmulator:
 
     # -- test controls -----------------------------------------------------------------------------------
     def inject(self, fault: str, at: int = 0, match: str | Callable[[str, str, str], bool] | None = None) -> None:
-        """Arm ``fault`` ("503", "500", "reset", "corrupt") for the ``at``-th (0-based) request from now that
+        """Arm ``fault`` ("503", "500", "reset", "corrupt", "lost_reply") for the ``at``-th (0-based) request from now that
         matches ``match``: None (any), a method ("PUT"), an fnmatch pattern over "METHOD hostpath"
         ("GET archive.org/download/*"), or a callable(method, host, path). Fires once.
         "503"/"500": S3 XML error (SlowDown/InternalError), request not acted on. "reset": a PUT/DELETE is read
         halfway and the connection reset, nothing stored; a GET gets its headers and half its body, then a reset.
         "corrupt": a GET reply has one byte flipped (same length); a PUT is stored with one byte flipped at
-        rest while the listing keeps the md5 of what was received (bit rot)."""
+        rest while the listing keeps the md5 of what was received (bit rot). "lost_reply": the request is acted on
+        in full (a PUT is stored), then the connection is reset before the reply: the client cannot tell it
+        from a failure, as when a link drops after IA has stored a file."""
         if fault not in FAULTS or at < 0:
             raise ValueError(f"unknown fault {fault!r} or negative index {at}")
         with self._lock:
