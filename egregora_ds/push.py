@@ -109,7 +109,7 @@ def plan_push(repo: Repository, name: str, remote: Remote, record: set[str]) -> 
 
 def push(repo: Repository, name: str, *, dry_run: bool = False, progress: Progress = NO_PROGRESS) -> PushResult:
     config = repo.remotes.get(name)
-    remote = open_remote(config.url, title=config.title, description=config.description)
+    remote = open_remote(config.url, title=config.title, description=config.description, license=config.license)
     record = HoldingsRecord(repo.remotes.record_dir / f"{name}.known")
     plan = plan_push(repo, name, remote, record.load())
     if dry_run:

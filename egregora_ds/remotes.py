@@ -43,12 +43,40 @@ def normalise_url(url: str, base: Path) -> str:
     return str((base / url).resolve())
 
 
-def open_remote(url: str, *, title: str = "", description: str = "", subject: str = "") -> Remote:
+# SPDX ids a dataset is usually published under -> the URL archive.org's `licenseurl` field expects.
+_LICENSE_URLS = {
+    "CC0-1.0": "https://creativecommons.org/publicdomain/zero/1.0/",
+    "CC-BY-4.0": "https://creativecommons.org/licenses/by/4.0/",
+    "CC-BY-SA-4.0": "https://creativecommons.org/licenses/by-sa/4.0/",
+    "CC-BY-NC-4.0": "https://creativecommons.org/licenses/by-nc/4.0/",
+    "CC-BY-NC-SA-4.0": "https://creativecommons.org/licenses/by-nc-sa/4.0/",
+    "CC-BY-ND-4.0": "https://creativecommons.org/licenses/by-nd/4.0/",
+    "CC-BY-NC-ND-4.0": "https://creativecommons.org/licenses/by-nc-nd/4.0/",
+    "ODBL-1.0": "https://opendatacommons.org/licenses/odbl/1-0/",
+    "PDDL-1.0": "https://opendatacommons.org/licenses/pddl/1-0/",
+    "ODC-BY-1.0": "https://opendatacommons.org/licenses/by/1-0/",
+}
+
+
+def license_metadata(license: str) -> dict[str, str]:
+    """archive.org item metadata for a license: `licenseurl` for a known SPDX id or a URL (what the
+    item page shows as its license), else the text as `rights`."""
+    license = license.strip()
+    if not license:
+        return {}
+    if re.match(r"^https?://", license):
+        return {"licenseurl": license}
+    url = _LICENSE_URLS.get(license.upper())
+    return {"licenseurl": url} if url else {"rights": license}
+
+
+def open_remote(url: str, *, title: str = "", description: str = "", subject: str = "", license: str = "") -> Remote:
     if url.startswith("ia:"):
         metadata = {"mediatype": "data", "title": title or f"egds dataset {url[3:]}"}
         if description:
             metadata["description"] = description
         metadata["subject"] = subject or "embeddings;egds;parquet"
+        metadata.update(license_metadata(license))
         return InternetArchiveRemote(url[3:], item_metadata=metadata, backoff=float(os.environ.get("EGDS_RETRY_BACKOFF", "1")))
     if url.startswith("memory:"):
         return memory_remote(url[len("memory:") :])

@@ -21,8 +21,9 @@ import pytest
 from conftest import assert_same_cache, make_chunks, make_embeddings, object_files, write_cache
 from egregora_ds import Repository
 from egregora_ds.card import CARD_KEY, LATEST_KEY, REF_KEY, manifest_key, object_key
-from egregora_ds.testing.ia_emulator import DATANODE, S3_HOST, IAEmulator, RequestRecord
 from egregora_ds.push import NonFastForward, PushResult
+from egregora_ds.remotes import license_metadata
+from egregora_ds.testing.ia_emulator import DATANODE, S3_HOST, IAEmulator, RequestRecord
 from egregora_ds.transfer import manifest_object_keys
 
 EGDS = Path(sys.executable).with_name("egds")
@@ -181,6 +182,7 @@ def test_pushing_v1_puts_each_object_once_then_the_manifest_then_the_card_and_th
 
     meta = pub.emu.item_metadata(ITEM)
     assert meta is not None and meta["mediatype"] == "data" and meta["title"] == "Test dataset"
+    assert meta["licenseurl"] == "https://creativecommons.org/publicdomain/zero/1.0/"  # from --license CC0-1.0
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -431,3 +433,17 @@ def test_a_clone_made_at_v1_pulls_v2_after_it_is_pushed(repo: Repository, emu: I
     assert result.updated and (result.version, result.id) == (2, v2) and result.objects_fetched == 1
     assert_same_cache(clone.cache_path, repo.cache_path)
     assert [r for r in emu.requests[start:] if r.method != "GET"] == []
+
+
+@pytest.mark.parametrize(
+    ("license", "metadata"),
+    [
+        ("CC-BY-4.0", {"licenseurl": "https://creativecommons.org/licenses/by/4.0/"}),
+        ("cc0-1.0", {"licenseurl": "https://creativecommons.org/publicdomain/zero/1.0/"}),
+        ("https://example.org/terms", {"licenseurl": "https://example.org/terms"}),
+        ("Uso interno, peça autorização", {"rights": "Uso interno, peça autorização"}),
+        ("  ", {}),
+    ],
+)
+def test_the_license_becomes_the_items_license_url_or_rights_text(license: str, metadata: dict) -> None:
+    assert license_metadata(license) == metadata
