@@ -19,7 +19,7 @@ from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progres
 from rich.table import Table
 
 from . import __version__
-from .errors import EgdsError
+from .errors import EgdsError, describe_os_error
 from .repo import DEFAULT_CACHE, DEFAULT_MODEL, Repository
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Versioned, content-addressed embeddings datasets.")
@@ -104,6 +104,11 @@ def _run(call: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         err.print("egds: interrupted; nothing was left half-written")
         raise typer.Exit(130) from None
+    except OSError as exc:  # the machine failed (a full disk, a read-only path), not egds
+        if os.environ.get("EGDS_DEBUG"):
+            raise
+        err.print(f"egds: error: {describe_os_error(exc)}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     except Exception as exc:  # a bug: say so in one line, keep the traceback for those who ask
         if os.environ.get("EGDS_DEBUG"):
             raise

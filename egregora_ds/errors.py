@@ -5,6 +5,8 @@ The CLI and the MCP server print `str(error)` as one line; `exit_code` is the pr
 
 from __future__ import annotations
 
+import errno
+
 
 class EgdsError(Exception):
     """Base class: a failure the user can understand and act on (never a bug)."""
@@ -64,3 +66,19 @@ class LockHeld(EgdsError):
 
 class UnsavedWork(EgdsError):
     """Checkout would overwrite a cache that matches no recorded version."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failure of the machine rather than of egds (a full disk, a read-only path)."""
+    what = exc.strerror or type(exc).__name__
+    where = f": {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some space and run the command again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "check that this user can write there (and that the disk is not read-only)"
+    else:
+        advice = "check the disk and the path, then run the command again"
+    return (
+        f"{what}{where}; {advice}. Writes are atomic and ordered, so nothing is half-written "
+        "(`egds verify` checks the repository)"
+    )

@@ -39,7 +39,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from . import __version__
-from .errors import EgdsError, UsageError
+from .errors import EgdsError, UsageError, describe_os_error
 from .model import Manifest
 from .progress import NO_PROGRESS, Progress
 from .remotes import RemoteConfig
@@ -450,6 +450,8 @@ def _one_line(exc: Exception) -> str:
     """What the client sees for an exception: `str(EgdsError)` as is, anything else as an internal error."""
     if isinstance(exc, EgdsError):
         return str(exc)
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
     if os.environ.get("EGDS_DEBUG"):
         logger.error("internal error", exc_info=exc)
     return "internal error: " + " ".join(f"{type(exc).__name__}: {exc}".split())

@@ -303,3 +303,27 @@ def test_the_console_script_reports_errors_on_stderr_only(tmp_path):
                           env={**os.environ, "COLUMNS": "40"})
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith("egds: error: ") and proc.stderr.count("\n") == 1  # never wrapped
+
+
+def test_a_full_disk_during_a_snapshot_is_one_clear_line_and_the_repository_keeps_its_version(
+    two_versions: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from egregora_ds.store import local
+
+    root = two_versions
+    chunks = make_chunks(65)
+    chunks[0]["text"] = "uma mudança"
+    write_cache(root / "cache" / "rag", chunks, make_embeddings(65))
+    before = repo_tree(root)
+
+    def full_disk(path: Path, data: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(local, "atomic_write_bytes", full_disk)
+    line = error_line(root, "snapshot", "-m", "disk fills up")
+    assert "No space left on device: " in line and "free some space and run the command again" in line
+    assert repo_tree(root) == before  # nothing was written, v2 is still the latest
+    monkeypatch.undo()
+    assert egds_json(root, "snapshot", "-m", "after cleaning up")["version"] == 3
