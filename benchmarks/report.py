@@ -11,6 +11,7 @@ import importlib.metadata
 import math
 import os
 import platform
+import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -364,7 +365,8 @@ def render(r: dict) -> str:
         f"; peak RSS once, in a fresh process. "
         f"{mach['cpus']} CPUs ({mach['cpu_model']}), {mach['ram_gib']:.0f} GiB RAM, load average "
         f"{mach['loadavg_start'][0]:.1f} at start / {mach['loadavg_end'][0]:.1f} at end; run took "
-        f"{r['elapsed_s']:.0f} s. Times are wall seconds; ratios compare figures of this run.",
+        f"{r['elapsed_s']:.0f} s; code at {mach.get('code', 'unknown')}. Times are wall seconds; ratios compare "
+        "figures of this run.",
         "",
         main_table(r),
         "",
@@ -374,6 +376,19 @@ def render(r: dict) -> str:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in r["notes"]]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items())]
     return "\n".join(lines)
+
+
+def _code_version() -> str:
+    """The commit the measured code is at (with `+changes` when the tree differs), or "unknown"."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + (" +changes" if dirty else "")
 
 
 def machine_info() -> dict[str, Any]:
@@ -397,7 +412,7 @@ def machine_info() -> dict[str, Any]:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = "not installed"
-    return {"cpus": os.cpu_count(), "cpu_model": model, "ram_gib": meminfo.get("MemTotal", 0) / 2**30,
+    return {"cpus": os.cpu_count(), "cpu_model": model, "code": _code_version(), "ram_gib": meminfo.get("MemTotal", 0) / 2**30,
             "ram_available_gib": meminfo.get("MemAvailable", 0) / 2**30, "platform": platform.platform(),
             "loadavg_start": os.getloadavg(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": versions}
