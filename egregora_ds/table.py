@@ -11,8 +11,8 @@ import json
 import operator
 import struct
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import date, datetime
+from functools import cached_property
 from typing import Any, Iterator, Sequence
 
 import blake3
@@ -20,7 +20,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrow_arrays import bool_values, filled_values, int64_array, numeric_array, string_array, text_scalar, valid_values, numpy_view
+from .arrow_arrays import (
+    bool_values,
+    filled_values,
+    int64_array,
+    numeric_array,
+    numpy_view,
+    string_array,
+    text_scalar,
+    valid_values,
+)
 from .cache import CacheContents
 from .errors import CacheError, NonFiniteEmbeddings
 from .model import OrderRun
@@ -117,8 +126,8 @@ class CacheLayout:
         # type; otherwise the partition keeps it in `extra`. Deciding per partition keeps an odd chunk
         # from changing the layout (and so the objects) of every other partition.
         typed: dict[str, pa.Array] = {}
-        for name, (arrow_type, kind) in TYPED_FIELDS.items():
-            column = _typed_column(_field(chunks, name), kind, arrow_type)
+        for name, (_, kind) in TYPED_FIELDS.items():
+            column = _typed_column(_field(chunks, name), kind)
             if column is not None:
                 typed[name] = column
         date_is_canonical = self._date_is_canonical[rows]
@@ -177,7 +186,7 @@ def lay_out_cache(contents: CacheContents, partitioning: str, allow_nonfinite: b
     )
 
 
-def _typed_column(values: list[Any], kind: type, arrow_type: pa.DataType) -> pa.Array | None:
+def _typed_column(values: list[Any], kind: type) -> pa.Array | None:
     """The Arrow column of `values` when every one is `kind` or None (and fits), else None.
 
     `set(map(type, ...))` runs in C. bool is not int here: its type is `bool`, so True never
