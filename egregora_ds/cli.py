@@ -292,7 +292,7 @@ def remote_add(
     url: Annotated[str, typer.Argument(help="A directory path, file:///path, or ia:IDENTIFIER.")],
     title: Annotated[str, typer.Option("--title", help="Dataset title for the remote's card.")] = "",
     description: Annotated[str, typer.Option("--description", help="Dataset description for the card.")] = "",
-    license: Annotated[str, typer.Option("--license", help="License shown on the card, e.g. CC-BY-4.0.")] = "",
+    license: Annotated[str, typer.Option("--license", help="License shown on the card and set on an archive.org item, e.g. CC-BY-4.0.")] = "",
 ) -> None:
     """Add a named remote."""
     config = _run(lambda: _repo().remote_add(name, url, title=title, description=description, license=license,

@@ -286,3 +286,13 @@ async def test_the_last_progress_is_delivered_even_when_the_call_ends_while_it_i
     with anyio.fail_after(CALL_TIMEOUT):
         assert await _in_thread(ctx, operation, True) == "done"  # type: ignore[arg-type]
     assert sent == [(2, 2, "writing partitions: 2/2 rows")]
+
+
+def test_a_failure_of_the_machine_reaches_the_client_as_the_clis_one_line_not_an_internal_error() -> None:
+    import errno
+
+    from egregora_ds.mcp_server import _one_line
+
+    message = _one_line(OSError(errno.ENOSPC, "No space left on device", "/data/.egds/objects/ab/x.parquet"))
+    assert message.startswith("No space left on device: /data/.egds/objects/ab/x.parquet; free some space")
+    assert "\n" not in message and "internal error" not in message
