@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-
 import pyarrow as pa
 
 from .cache import file_digests, read_cache, write_cache
 from .errors import CacheError, CorruptObject, UnsavedWork, UsageError
 from .ids import JSON, PARQUET, hash_bytes, short
+from .metadata_json import chunk_objects, metadata_pieces
 from .model import Manifest, OrderRun, PartitionEntry
 from .parquet_io import read_partition
 from .progress import Progress
-from .metadata_json import chunk_objects, metadata_pieces
 from .rebuild import destination_ranges, scatter_vectors
 from .results import CheckoutResult
 from .table import EMBEDDING, content_hash
@@ -46,9 +45,9 @@ def checkout(
         fetch_for_checkout(repo, manifest_object_keys(manifest, None if partitions is None else set(selected)), progress)
         entries = [p for p in manifest.partitions if p.key in set(selected)]
         row_order = _row_order_of(manifest, entries)
-        embeddings, chunk_objects, bytes_read = read_version(repo, manifest, entries, row_order, progress)
+        embeddings, chunk_texts, bytes_read = read_version(repo, manifest, entries, row_order, progress)
         extras = load_extras(repo, manifest)
-        metadata = metadata_pieces(chunk_objects, row_order, extras.get("metadata", {}))
+        metadata = metadata_pieces(chunk_texts, row_order, extras.get("metadata", {}))
         index_bytes = repo.store.read_object(manifest.index, JSON, "index.json") if manifest.index else None
         new_digests = write_cache(cache, embeddings, extras.get("pickle", {}), metadata, index_bytes)
         repo.set_cache_stamp(cache, manifest_id, new_digests, None if partitions is None else selected)
@@ -145,6 +144,7 @@ def cache_matches_version(repo: Repository, cache: Path) -> str | None:
     partitioned, extras = analyse_cache(contents, repo.config.partitioning, allow_nonfinite=True)
     mine = Fingerprint.of_cache(
         partitioned,
+        partitioned.partitions,
         hash_bytes(extras) if extras is not None else None,
         hash_bytes(contents.index_bytes) if contents.index_bytes is not None else None,
     )

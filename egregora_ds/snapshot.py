@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
 
 import pyarrow as pa
 
@@ -19,7 +19,7 @@ from .model import FORMAT_VERSION, Manifest, PartitionEntry, encode_manifest
 from .parquet_io import encode_partition
 from .progress import NO_PROGRESS, Progress
 from .results import PartitionCounts, SnapshotResult
-from .table import CacheLayout, PartitionedCache, PartitionTable, partition_cache, lay_out_cache
+from .table import CacheLayout, PartitionedCache, PartitionTable, lay_out_cache, partition_cache
 
 if TYPE_CHECKING:
     from .repo import Repository
@@ -46,16 +46,14 @@ class Fingerprint:
         return (m.dtype, m.dim, tuple((p.key, p.content_hash) for p in m.partitions), m.row_order, m.extras, m.index)
 
     @staticmethod
-    def of_cache(cache: PartitionedCache, extras_id: str | None, index_id: str | None) -> tuple[Any, ...]:
-        parts = tuple((p.key, p.content_hash) for p in cache.partitions)
-        return (cache.dtype, cache.dim, parts, cache.row_order, extras_id, index_id)
-
-    @staticmethod
-    def of_built(
-        layout: CacheLayout, built: list[BuiltPartition], extras_id: str | None, index_id: str | None
+    def of_cache(
+        cache: PartitionedCache | CacheLayout,
+        partitions: Sequence[PartitionTable | BuiltPartition],
+        extras_id: str | None,
+        index_id: str | None,
     ) -> tuple[Any, ...]:
-        parts = tuple((p.key, p.content_hash) for p in built)
-        return (layout.dtype, layout.dim, parts, layout.row_order, extras_id, index_id)
+        parts = tuple((p.key, p.content_hash) for p in partitions)
+        return (cache.dtype, cache.dim, parts, cache.row_order, extras_id, index_id)
 
 
 def analyse_cache(contents: CacheContents, partitioning: str, allow_nonfinite: bool) -> tuple[PartitionedCache, bytes | None]:
@@ -96,7 +94,7 @@ def snapshot(
         unchanged_content = {p.content_hash for p in parent.partitions} if parent is not None else set()
         writer = _PartitionWriter(repo, _known_partitions(repo), unchanged_content, progress)
         built = writer.write_new(layout)
-        fingerprint = Fingerprint.of_built(layout, built, extras_id, index_id)
+        fingerprint = Fingerprint.of_cache(layout, built, extras_id, index_id)
         if parent is not None and parent.model == model and Fingerprint.of_manifest(parent) == fingerprint:
             repo.set_cache_stamp(cache_path, head, contents.digests)  # type: ignore[arg-type]
             return _unchanged(head, parent, message)  # type: ignore[arg-type]
@@ -266,28 +264,23 @@ class _PartitionWriter:
         self, partition: PartitionTable, disks: ThreadPoolExecutor, progress: Progress
     ) -> tuple[BuiltPartition, Future[tuple[str, int]] | None]:
         try:
-            return self._hash_and_encode(partition, disks, progress)
+            content = partition.content_hash
+            built = BuiltPartition(partition.key, content, partition.rows, partition.min_chunk_id, partition.max_chunk_id)
+            progress.advance(partition.rows)
+            if content in self.known:
+                return built, None
+            if content in self.defer:
+                self.deferred.append(partition)  # list.append is atomic
+                return built, None
+            data = encode_partition(partition.table, partition.key, content)
+            self._in_flight.acquire()
+            try:
+                return built, disks.submit(self._store, data)
+            except BaseException:
+                self._in_flight.release()
+                raise
         finally:
             self._queued.release()
-
-    def _hash_and_encode(
-        self, partition: PartitionTable, disks: ThreadPoolExecutor, progress: Progress
-    ) -> tuple[BuiltPartition, Future[tuple[str, int]] | None]:
-        content = partition.content_hash
-        built = BuiltPartition(partition.key, content, partition.rows, partition.min_chunk_id, partition.max_chunk_id)
-        progress.advance(partition.rows)
-        if content in self.known:
-            return built, None
-        if content in self.defer:
-            self.deferred.append(partition)  # list.append is atomic
-            return built, None
-        data = encode_partition(partition.table, partition.key, content)
-        self._in_flight.acquire()
-        try:
-            return built, disks.submit(self._store, data)
-        except BaseException:
-            self._in_flight.release()
-            raise
 
     def _store(self, data: pa.Buffer) -> tuple[str, int]:
         try:
