@@ -5,20 +5,25 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
-def atomic_write_bytes(path: Path, data: bytes | memoryview | Path) -> None:
-    """Replace `path` with `data` (bytes, or the contents of a file, streamed) so that readers see
-    the old or the new bytes, never a mix."""
+def atomic_write_bytes(path: Path, data: bytes | memoryview | Path | Iterable[bytes]) -> None:
+    """Replace `path` with `data` (bytes, the contents of a file, or pieces written in order, all
+    streamed) so that readers see the old or the new bytes, never a mix. If producing the pieces
+    raises, the temp file is removed and `path` is untouched."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             if isinstance(data, Path):
                 with open(data, "rb") as source:
                     shutil.copyfileobj(source, out, 1 << 20)
-            else:
+            elif isinstance(data, (bytes, bytearray, memoryview)):
                 out.write(data)
+            else:
+                for piece in data:
+                    out.write(piece)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

@@ -39,10 +39,13 @@ def checkout(
             return _result(manifest_id, manifest, selected, cache, 0, already_current=True)
         if digests is not None and not force:
             _refuse_unsaved_work(repo, cache, digests, stamp)
-        from .transfer import fetch_for_checkout, manifest_object_keys
+        from .transfer import fetch_for_checkout, manifest_object_keys, object_size_bounds
 
         # A partial clone (or a gc'd repository with a remote) fetches what this version needs.
-        fetch_for_checkout(repo, manifest_object_keys(manifest, None if partitions is None else set(selected)), progress)
+        fetch_for_checkout(
+            repo, manifest_object_keys(manifest, None if partitions is None else set(selected)), progress,
+            object_size_bounds([manifest]),
+        )
         entries = [p for p in manifest.partitions if p.key in set(selected)]
         row_order = _row_order_of(manifest, entries)
         embeddings, chunk_texts, bytes_read = read_version(repo, manifest, entries, row_order, progress)

@@ -13,7 +13,14 @@ from .model import Manifest
 from .checkout import select_partitions
 from .progress import NO_PROGRESS, Progress
 from .remotes import HoldingsRecord, RemoteConfig, open_remote
-from .transfer import download_manifests, fetch_objects, manifest_object_keys, read_remote_ref, store_manifests
+from .transfer import (
+    download_manifests,
+    fetch_objects,
+    manifest_object_keys,
+    object_size_bounds,
+    read_remote_ref,
+    store_manifests,
+)
 
 if TYPE_CHECKING:
     from .repo import Repository
@@ -84,7 +91,9 @@ def pull(repo: Repository, name: str, *, progress: Progress = NO_PROGRESS) -> Pu
         manifests = store_manifests(repo, downloaded, record)
         partial = repo.partial_partitions(repo.cache_path)
         target = repo.manifest(remote_ref)
-        objects, nbytes = fetch_objects(repo, remote, manifest_object_keys(target, partial), record, progress)
+        objects, nbytes = fetch_objects(
+            repo, remote, manifest_object_keys(target, partial), record, progress, object_size_bounds([target])
+        )
         repo.store.write_ref("main", remote_ref)
         repo.store.write_ref(f"remotes/{name}/main", remote_ref)
     keys = None if partial is None else sorted(partial & {p.key for p in target.partitions})
@@ -145,7 +154,9 @@ def clone(
         manifest_id, manifest = repo.resolve(rev)
         keys = select_partitions(manifest, partitions)
         wanted = set(keys) if partitions is not None else None
-        objects, nbytes = fetch_objects(repo, remote, manifest_object_keys(manifest, wanted), record, progress)
+        objects, nbytes = fetch_objects(
+            repo, remote, manifest_object_keys(manifest, wanted), record, progress, object_size_bounds([manifest])
+        )
         repo.checkout(manifest_id, partitions=keys if partitions is not None else None, progress=progress)
     except BaseException:
         # No half clone: remove what we created (only what we created).

@@ -12,8 +12,8 @@ from .ids import JSON, PARQUET, short
 from .model import Manifest
 from .progress import NO_PROGRESS, Progress
 from .remotes import HoldingsRecord, RemoteConfig, open_remote
-from .store.base import Remote
-from .transfer import manifest_object_keys, read_remote_ref, run_bounded
+from .store.base import RefMoved, Remote, UploadSource
+from .transfer import manifest_object_keys, read_remote_ref_bytes, run_bounded
 
 if TYPE_CHECKING:
     from .repo import Repository
@@ -59,12 +59,17 @@ class PushResult(msgspec.Struct, frozen=True):
 
 
 def plan_push(repo: Repository, name: str, remote: Remote, record: set[str]) -> PushPlan:
+    return _plan_push(repo, name, remote, record)[0]
+
+
+def _plan_push(repo: Repository, name: str, remote: Remote, record: set[str]) -> tuple[PushPlan, bytes | None]:
+    """The plan, and the remote ref's exact bytes as read for it (what the ref's compare-and-swap expects)."""
     head = repo.head()
     if head is None:
         raise UsageError("nothing to push: the repository has no versions; run `egds snapshot` first")
     chain = repo.history()
     chain_ids = {manifest_id for manifest_id, _ in chain}
-    remote_ref = read_remote_ref(remote)
+    remote_ref, remote_ref_bytes = read_remote_ref_bytes(remote)
     if remote_ref is not None and remote_ref not in chain_ids:
         raise NonFastForward(
             f"remote {name} has versions you don't have (its latest is {short(remote_ref)}): pull first"
@@ -93,7 +98,7 @@ def plan_push(repo: Repository, name: str, remote: Remote, record: set[str]) -> 
             uploads[key] = PlannedUpload(key, size)
     manifests = [manifest_key(i) for i, _ in reversed(chain) if manifest_key(i) not in present]
     changed = bool(uploads or manifests) or remote_ref != head
-    return PushPlan(
+    plan = PushPlan(
         remote=name,
         url=remote.url,
         version=chain[0][1].version,
@@ -105,13 +110,14 @@ def plan_push(repo: Repository, name: str, remote: Remote, record: set[str]) -> 
         card=changed or CARD_KEY not in present,
         ref_update=remote_ref != head,
     )
+    return plan, remote_ref_bytes
 
 
 def push(repo: Repository, name: str, *, dry_run: bool = False, progress: Progress = NO_PROGRESS) -> PushResult:
     config = repo.remotes.get(name)
     remote = open_remote(config.url, title=config.title, description=config.description, license=config.license)
     record = HoldingsRecord(repo.remotes.record_dir / f"{name}.known")
-    plan = plan_push(repo, name, remote, record.load())
+    plan, remote_ref_bytes = _plan_push(repo, name, remote, record.load())
     if dry_run:
         return _push_result(plan, dry_run=True, uploaded=0, nbytes=0, card=False, ref=False)
     if plan.objects or plan.manifests or plan.card or plan.ref_update:
@@ -119,7 +125,7 @@ def push(repo: Repository, name: str, *, dry_run: bool = False, progress: Progre
 
     def upload_object(item: PlannedUpload) -> int:
         object_id, suffix = _parse_object_key(item.key)
-        remote.put(item.key, repo.store.object_path(object_id, suffix))
+        remote.put(item.key, UploadSource(repo.store.object_path(object_id, suffix), object_id, suffix))
         record.add(item.key)
         progress.advance(item.bytes)
         return item.bytes
@@ -139,13 +145,25 @@ def push(repo: Repository, name: str, *, dry_run: bool = False, progress: Progre
         remote.put(CARD_KEY, remote_card(config, chain))
         record.add(CARD_KEY)
     if plan.ref_update:
-        # Re-read the ref just before moving it: someone may have pushed since we planned.
-        current = read_remote_ref(remote)
-        if current != plan.remote_ref and current not in {i for i, _ in chain}:
-            raise NonFastForward(f"remote {name} moved to {short(current or '')} while pushing: pull first, then push again")
-        remote.put(REF_KEY, f"{plan.ref}\n".encode())
+        _move_remote_ref(remote, name, plan.ref, remote_ref_bytes, {i for i, _ in chain})
     repo.store.write_ref(f"remotes/{name}/main", plan.ref)
     return _push_result(plan, dry_run=False, uploaded=len(plan.objects), nbytes=nbytes, card=plan.card, ref=plan.ref_update)
+
+
+def _move_remote_ref(remote: Remote, name: str, new: str, expected: bytes | None, chain: set[str]) -> None:
+    """Compare-and-swap the remote ref from what the plan read to `new`. If someone pushed since,
+    and what they pushed is still in our history (a fast-forward), swap against that instead."""
+    for _ in range(3):
+        try:
+            remote.put_ref(REF_KEY, f"{new}\n".encode(), expected)
+            return
+        except RefMoved:
+            current, expected = read_remote_ref_bytes(remote)
+            if current not in chain:
+                raise NonFastForward(
+                    f"remote {name} moved to {short(current or '')} while pushing: pull first, then push again"
+                ) from None
+    raise NonFastForward(f"remote {name} keeps moving while pushing: wait for the other pusher, then push again")
 
 
 def _push_result(plan: PushPlan, *, dry_run: bool, uploaded: int, nbytes: int, card: bool, ref: bool) -> PushResult:

@@ -25,6 +25,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 DOWNLOAD_THREADS = 4
 DOWNLOAD_ATTEMPTS = 3
+#: Upper bounds on what a read from a remote may return, so a hostile remote cannot exhaust memory.
+#: A Parquet object's size is in its manifest entry; the others have none recorded, hence caps.
+MAX_REF_BYTES = 128
+MAX_MANIFEST_BYTES = 256 << 20
+MAX_JSON_OBJECT_BYTES = 1 << 30
 #: What a user can do about a remote that serves wrong or missing data (it is not theirs to repair
 #: with `egds verify`, which checks the local repository).
 DAMAGED_REMOTE = "the remote is damaged: try again later, re-push from a good copy, or report it to the remote's owner"
@@ -47,6 +52,11 @@ def run_bounded(action: Callable[[T], R], items: list[T], workers: int) -> list[
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def object_size_bounds(manifests: list[Manifest]) -> dict[str, int]:
+    """The most bytes a download of each object named by `manifests` may return."""
+    return {p.object: p.bytes for m in manifests for p in m.partitions}
+
+
 def manifest_object_keys(manifest: Manifest, partitions: set[str] | None = None) -> list[tuple[str, str]]:
     """(object id, suffix) of everything a version needs, optionally only some partitions."""
     needed = [(p.object, PARQUET) for p in manifest.partitions if partitions is None or p.key in partitions]
@@ -55,26 +65,31 @@ def manifest_object_keys(manifest: Manifest, partitions: set[str] | None = None)
 
 
 def read_remote_ref(remote: Remote) -> str | None:
+    return read_remote_ref_bytes(remote)[0]
+
+
+def read_remote_ref_bytes(remote: Remote) -> tuple[str | None, bytes | None]:
+    """(manifest id, the ref's exact bytes) — the bytes are what a compare-and-swap compares."""
     # A ref has no hash to check, but a body damaged in transit (one flipped byte from a bad proxy)
     # is not a manifest id: read it again, as for objects, before calling the remote damaged.
     for _ in range(DOWNLOAD_ATTEMPTS):
-        data = remote.get(REF_KEY)
+        data = remote.get(REF_KEY, MAX_REF_BYTES)
         if data is None:
-            return None
+            return None, None
         text = data.decode("ascii", errors="replace").strip()
         if is_object_id(text):
-            return text
-    raise RemoteError(f"{remote.url}: {REF_KEY} is not a manifest id ({text[:40]!r}); {DAMAGED_REMOTE}")
+            return text, data
+    raise RemoteError(f"{remote.url}: {REF_KEY} is not a manifest id; {DAMAGED_REMOTE}")
 
 
-def get_verified(remote: Remote, key: str, expected: str, damaged: str) -> bytes | None:
+def get_verified(remote: Remote, key: str, expected: str, damaged: str, max_bytes: int) -> bytes | None:
     """The bytes under `key` that hash to `expected`, or None when the remote lacks `key`.
 
     A body that fails the hash is fetched again, up to DOWNLOAD_ATTEMPTS times, before `damaged` is
     raised as CorruptObject: damage in transit is transient; only repeated damage is the remote's.
     Manifests get the same retries as objects (they used to fail a whole clone on one bad transfer)."""
     for _ in range(DOWNLOAD_ATTEMPTS):
-        data = remote.get(key)
+        data = remote.get(key, max_bytes)
         if data is None:
             return None
         if hash_bytes(data) == expected:
@@ -94,6 +109,7 @@ def download_manifests(remote: Remote, head: str, have: Callable[[str], bool]) -
         data = get_verified(
             remote, manifest_key(current), current,
             f"manifest {short(current)} from {remote.url} failed its hash check {DOWNLOAD_ATTEMPTS} times; {DAMAGED_REMOTE}",
+            MAX_MANIFEST_BYTES,
         )
         if data is None:
             raise MissingObject(f"{remote.url} lacks manifest {short(current)}; {INCOMPLETE_REMOTE}")
@@ -121,9 +137,15 @@ def fetch_manifests(repo: Repository, remote: Remote, head: str, record: Holding
 
 
 def fetch_objects(
-    repo: Repository, remote: Remote, needed: list[tuple[str, str]], record: HoldingsRecord | None, progress: Progress
+    repo: Repository,
+    remote: Remote,
+    needed: list[tuple[str, str]],
+    record: HoldingsRecord | None,
+    progress: Progress,
+    sizes: dict[str, int],
 ) -> tuple[int, int]:
-    """Download the objects not yet stored locally; every byte re-hashed, retried, then refused."""
+    """Download the objects not yet stored locally; every byte re-hashed, retried, then refused.
+    `sizes` bounds each Parquet object's download (its manifest entry's `bytes`)."""
     missing = sorted({(i, s) for i, s in needed if not repo.store.has_object(i, s)})
 
     def download(item: tuple[str, str]) -> int:
@@ -133,6 +155,7 @@ def fetch_objects(
             remote, key, object_id,
             f"object {short(object_id)}{suffix} from {remote.url} failed its hash check {DOWNLOAD_ATTEMPTS} times; "
             "nothing was written; try again later or report the damaged remote",
+            sizes.get(object_id, MAX_JSON_OBJECT_BYTES) if suffix == PARQUET else MAX_JSON_OBJECT_BYTES,
         )
         if data is None:
             raise MissingObject(f"{remote.url} lacks object {short(object_id)}{suffix}; {INCOMPLETE_REMOTE}")
@@ -150,7 +173,7 @@ def fetch_objects(
     return len(sizes), sum(sizes)
 
 
-def fetch_for_checkout(repo: Repository, needed: list[tuple[str, str]], progress: Progress) -> None:
+def fetch_for_checkout(repo: Repository, needed: list[tuple[str, str]], progress: Progress, sizes: dict[str, int]) -> None:
     """Fetch objects a checkout needs that are not stored locally, from the first remote that has them."""
     missing = [(i, s) for i, s in needed if not repo.store.has_object(i, s)]
     if not missing:
@@ -166,7 +189,7 @@ def fetch_for_checkout(repo: Repository, needed: list[tuple[str, str]], progress
     for name in names:
         try:
             record = HoldingsRecord(repo.remotes.record_dir / f"{name}.known")
-            fetch_objects(repo, open_remote(remotes[name].url), missing, record, progress)
+            fetch_objects(repo, open_remote(remotes[name].url), missing, record, progress, sizes)
             return
         except EgdsError as exc:
             last_error = exc

@@ -31,12 +31,15 @@ from conftest import (
 from egregora_ds import Repository
 from egregora_ds.card import CARD_KEY, LATEST_KEY, REF_KEY, manifest_key, object_key
 from egregora_ds.cli import app
-from egregora_ds.errors import UsageError
+from egregora_ds.errors import CorruptObject, UsageError
+from egregora_ds.store.base import RefMoved, RemoteError, UploadSource
 from egregora_ds.ids import hash_bytes
 from egregora_ds.transfer import manifest_object_keys
 
 ROWS, DIM = 30, 8  # 30 chunks over 6 months: 5 rows in each of 2024-01 … 2024-06
 CHANGED = "2024-03"  # v2 edits one chunk of this partition and nothing else
+
+ANY_SIZE = 1 << 30  # reads in these tests are bounded only to satisfy the protocol
 
 
 # ---- backend level ------------------------------------------------------------------------------
@@ -50,22 +53,62 @@ def test_put_bytes_then_get_returns_exactly_those_bytes(remote_backend: RemoteBa
     remote = remote_backend.remote()
     data = bytes(range(256)) * 3 + b"\x00\r\n"
     remote.put("blob.bin", data)
-    assert remote.get("blob.bin") == data
+    assert remote.get("blob.bin", ANY_SIZE) == data
 
 
-def test_put_a_path_then_get_returns_the_files_bytes(remote_backend: RemoteBackend, tmp_path: Path) -> None:
+def _local_object(tmp_path: Path, data: bytes) -> UploadSource:
     source = tmp_path / "source.parquet"
-    source.write_bytes(os.urandom(4096))
+    source.write_bytes(data)
+    return UploadSource(source, hash_bytes(data), ".parquet")
+
+
+def test_put_a_local_object_then_get_returns_the_files_bytes(remote_backend: RemoteBackend, tmp_path: Path) -> None:
+    source = _local_object(tmp_path, os.urandom(4096))
     remote = remote_backend.remote()
     remote.put("from-path.parquet", source)
-    assert remote.get("from-path.parquet") == source.read_bytes()
-    assert source.exists(), "put must not consume its source file"
+    assert remote.get("from-path.parquet", ANY_SIZE) == source.path.read_bytes()
+    assert source.path.exists(), "put must not consume its source file"
+
+
+def test_a_local_object_whose_bytes_do_not_match_its_name_is_refused_and_never_visible(
+    remote_backend: RemoteBackend, tmp_path: Path
+) -> None:
+    data = bytearray(os.urandom(4096))
+    source = _local_object(tmp_path, bytes(data))
+    data[100] ^= 0x01  # one flipped bit on the local disk, after the object was named
+    source.path.write_bytes(bytes(data))
+    remote = remote_backend.remote()
+    with pytest.raises(CorruptObject, match="egds verify"):
+        remote.put("egds/objects/xx/bad.parquet", source)
+    remote_backend.settle()
+    assert remote.get("egds/objects/xx/bad.parquet", ANY_SIZE) is None
+    assert "egds/objects/xx/bad.parquet" not in remote.inventory()
+
+
+def test_a_read_larger_than_its_bound_is_refused_without_echoing_the_content(remote_backend: RemoteBackend) -> None:
+    remote = remote_backend.remote()
+    remote.put("egds/refs/main", b"SECRET" * 100)
+    with pytest.raises(RemoteError, match="larger than the 128 bytes") as caught:
+        remote.get("egds/refs/main", 128)
+    assert "SECRET" not in str(caught.value)
+    assert remote.get("egds/refs/main", 600) == b"SECRET" * 100
+
+
+def test_a_ref_compare_and_swap_succeeds_only_against_the_current_bytes(remote_backend: RemoteBackend) -> None:
+    remote = remote_backend.remote()
+    remote.put_ref("egds/refs/main", b"a\n", None)
+    with pytest.raises(RefMoved):
+        remote.put_ref("egds/refs/main", b"b\n", None)
+    with pytest.raises(RefMoved):
+        remote.put_ref("egds/refs/main", b"b\n", b"stale\n")
+    remote.put_ref("egds/refs/main", b"b\n", b"a\n")
+    assert remote.get("egds/refs/main", ANY_SIZE) == b"b\n"
 
 
 def test_an_empty_object_round_trips(remote_backend: RemoteBackend) -> None:
     remote = remote_backend.remote()
     remote.put("empty", b"")
-    assert remote.get("empty") == b""
+    assert remote.get("empty", ANY_SIZE) == b""
     remote_backend.settle()
     assert remote.inventory()["empty"].size == 0
 
@@ -86,17 +129,17 @@ def test_inventory_lists_every_key_with_its_size_and_a_correct_md5_when_it_gives
 
 def test_get_of_a_missing_key_returns_none(remote_backend: RemoteBackend) -> None:
     remote = remote_backend.remote()
-    assert remote.get("egds/refs/main") is None
+    assert remote.get("egds/refs/main", ANY_SIZE) is None
     remote.put("present", b"x")
-    assert remote.get("absent") is None
-    assert remote.get("present/deeper") is None
+    assert remote.get("absent", ANY_SIZE) is None
+    assert remote.get("present/deeper", ANY_SIZE) is None
 
 
 def test_put_over_an_existing_key_replaces_it(remote_backend: RemoteBackend) -> None:
     remote = remote_backend.remote()
     remote.put("egds/refs/main", b"first version, longer\n")
     remote.put("egds/refs/main", b"second\n")
-    assert remote.get("egds/refs/main") == b"second\n"
+    assert remote.get("egds/refs/main", ANY_SIZE) == b"second\n"
     remote_backend.settle()
     inventory = remote.inventory()
     assert set(inventory) == {"egds/refs/main"}, "an overwrite must not leave a second visible key"
@@ -114,18 +157,17 @@ def test_keys_with_nested_slashes_round_trip_and_are_listed_whole(remote_backend
     for key, data in keys.items():
         remote.put(key, data)
     for key, data in keys.items():
-        assert remote.get(key) == data
+        assert remote.get(key, ANY_SIZE) == data
     remote_backend.settle()
     assert set(remote.inventory()) == set(keys)
 
 
 def test_a_10_mb_object_round_trips_byte_for_byte(remote_backend: RemoteBackend, tmp_path: Path) -> None:
     data = np.random.default_rng(7).bytes(10 * 1024 * 1024)
-    source = tmp_path / "big.parquet"
-    source.write_bytes(data)
+    source = _local_object(tmp_path, data)
     remote = remote_backend.remote()
     remote.put("egds/objects/bi/big.parquet", source)
-    got = remote.get("egds/objects/bi/big.parquet")
+    got = remote.get("egds/objects/bi/big.parquet", ANY_SIZE)
     assert got is not None and len(got) == len(data) and hash_bytes(got) == hash_bytes(data)
     remote_backend.settle()
     assert remote.inventory()["egds/objects/bi/big.parquet"].size == len(data)
@@ -189,7 +231,7 @@ def object_keys_of(repo: Repository, manifest_id: str) -> set[str]:
 
 
 def remote_ref(backend: RemoteBackend) -> str | None:
-    data = backend.remote().get(REF_KEY)
+    data = backend.remote().get(REF_KEY, ANY_SIZE)
     return None if data is None else data.decode().strip()
 
 
@@ -280,7 +322,7 @@ def test_the_remote_holds_a_dataset_card_with_model_versions_files_examples_and_
     repo = origin.repo
     v2 = origin.snapshot_v2()
     repo.push("origin")
-    card_bytes = origin.backend.remote().get(CARD_KEY)
+    card_bytes = origin.backend.remote().get(CARD_KEY, ANY_SIZE)
     assert card_bytes is not None
     card = card_bytes.decode("utf-8")
     assert card.startswith("# Test newsletter embeddings\n")
@@ -304,7 +346,7 @@ def test_the_remote_holds_a_latest_manifest_json_mapping_partitions_to_keys_it_h
     repo.push("origin")
     backend.settle()
     remote = backend.remote()
-    latest = json.loads(remote.get(LATEST_KEY))  # type: ignore[arg-type]
+    latest = json.loads(remote.get(LATEST_KEY, ANY_SIZE))  # type: ignore[arg-type]
     assert latest["id"] == remote_ref(backend) == v2
     manifest = repo.manifest(v2)
     assert latest["manifest"]["version"] == 2
@@ -313,7 +355,7 @@ def test_the_remote_holds_a_latest_manifest_json_mapping_partitions_to_keys_it_h
     for partition in manifest.partitions:
         key = latest["files"][partition.key]
         assert key in inventory
-        assert hash_bytes(remote.get(key)) == partition.object  # type: ignore[arg-type]
+        assert hash_bytes(remote.get(key, ANY_SIZE)) == partition.object  # type: ignore[arg-type]
     assert latest["index"] in inventory
 
 
@@ -438,7 +480,7 @@ def test_under_metadata_lag_an_ia_upload_reads_back_at_once_and_is_listed_once_s
     remote_backend.emu.metadata_lag = 3600
     remote = remote_backend.remote()
     remote.put("egds/refs/main", b"x" * 65)
-    assert remote.get("egds/refs/main") == b"x" * 65
+    assert remote.get("egds/refs/main", ANY_SIZE) == b"x" * 65
     assert remote.inventory() == {}
     remote_backend.settle()
     assert remote.inventory()["egds/refs/main"].size == 65

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..atomic import atomic_write_bytes
-from .base import RemoteAuthError, RemoteError, RemoteFile
+from .base import RefMoved, RemoteAuthError, RemoteError, RemoteFile, UploadSource, too_large
 
 
 class DirectoryRemote:
@@ -34,9 +34,13 @@ class DirectoryRemote:
                 found[path.relative_to(self.root).as_posix()] = RemoteFile(size=path.stat().st_size)
         return found
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, max_bytes: int) -> bytes | None:
         try:
-            return self._path(key).read_bytes()
+            with open(self._path(key), "rb") as source:
+                data = source.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise too_large(self.url, key, max_bytes)
+            return data
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             # No file under this key (a parent is a file, or the key is only a folder): missing, as
             # inventory() would say and as the other backends answer, not an I/O failure.
@@ -44,13 +48,22 @@ class DirectoryRemote:
         except OSError as exc:
             raise RemoteError(f"cannot read {key} from {self.root}: {exc.strerror}; check the disk is mounted and readable") from None
 
-    def put(self, key: str, source: Path | bytes) -> None:
+    def put(self, key: str, source: bytes | UploadSource) -> None:
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(target, source)
+            # An UploadSource's chunks are verified as they are copied; the temp file is renamed
+            # into place only after the last one, so a damaged local object never appears here.
+            atomic_write_bytes(target, source.chunks() if isinstance(source, UploadSource) else source)
         except OSError as exc:
             raise RemoteError(f"cannot write {key} to {self.root}: {exc.strerror or exc}; check the disk is mounted, writable and not full") from None
+
+    def put_ref(self, key: str, data: bytes, expected: bytes | None) -> None:
+        # Not yet a true compare-and-swap: re-read and compare, then write.
+        current = self.get(key, max_bytes=4096)
+        if current != expected:
+            raise RefMoved(f"{self.url}: {key} changed while pushing")
+        self.put(key, data)
 
     def check_writable(self) -> None:
         """The remote, or the nearest existing directory above it (where push will create it), is writable."""

@@ -9,17 +9,17 @@ plain-HTTP endpoint as a proxy (tests, mirrors): the library's own session does 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .base import RemoteAuthError, RemoteError, RemoteFile
+from .base import READ_BLOCK, RefMoved, RemoteAuthError, RemoteError, RemoteFile, UploadSource, too_large
 
 ENDPOINT_ENV = "EGDS_IA_ENDPOINT"
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{2,99}")
@@ -109,10 +109,30 @@ class InternetArchiveRemote:
                 found[name] = RemoteFile(size=-1, md5=entry.get("md5"))
         return found
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, max_bytes: int) -> bytes | None:
         url = f"{self.session.protocol}//archive.org/download/{self.identifier}/{key}"
-        response = self._request("GET", url, what=key, timeout=300, missing_ok=True)
-        return None if response is None else response.content
+
+        def fetch() -> bytes | None:
+            response = self.session.request("GET", url, timeout=300, allow_redirects=True, stream=True)
+            with response:
+                if response.status_code == 404:
+                    # Read the (small) body anyway: a reply cut off mid-way is a failed request to
+                    # retry, not proof that the key is absent.
+                    for _ in zip(range(16), response.iter_content(4096)):
+                        pass
+                    return None
+                response.raise_for_status()
+                declared = response.headers.get("Content-Length")
+                if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                    raise too_large(self.url, key, max_bytes)
+                body = bytearray()
+                for piece in response.iter_content(READ_BLOCK):
+                    body += piece
+                    if len(body) > max_bytes:
+                        raise too_large(self.url, key, max_bytes)
+                return bytes(body)
+
+        return self._with_retries(fetch, f"reading {key}")
 
     # ---- writes --------------------------------------------------------------------------------
 
@@ -123,24 +143,33 @@ class InternetArchiveRemote:
                 "IA_SECRET_ACCESS_KEY, or run `ia configure`"
             )
 
-    def put(self, key: str, source: Path | bytes) -> None:
+    def put(self, key: str, source: bytes | UploadSource) -> None:
         import internetarchive
 
         self.check_writable()
         item = internetarchive.Item(self.session, self.identifier, item_metadata={"metadata": {"identifier": self.identifier}})
-        headers = {"x-archive-keep-old-version": "1"}
+        # Content-MD5 makes IA-S3 refuse a body damaged in transit (400 BadDigest). For a local object
+        # it comes from the same pass that checked the bytes against their name, so the server can
+        # only accept the verified bytes.
+        md5 = source.verified_md5() if isinstance(source, UploadSource) else hashlib.md5(source).hexdigest()
+        headers = {"x-archive-keep-old-version": "1", "Content-MD5": md5}
 
         def upload() -> Any:
-            body = open(source, "rb") if isinstance(source, Path) else io.BytesIO(source)
+            body = open(source.path, "rb") if isinstance(source, UploadSource) else io.BytesIO(source)
             with body:
-                # verify=True sends Content-MD5, so IA-S3 refuses a body damaged in transit (400 BadDigest).
                 # retries=0: retrying is ours (below), for every transient failure, not only 503.
                 return item.upload_file(
-                    body, key=key, metadata=self.item_metadata, headers=headers, verify=True,
+                    body, key=key, metadata=self.item_metadata, headers=headers, verify=False,
                     checksum=False, retries=0, queue_derive=False,
                 )
 
         self._with_retries(upload, f"upload of {key}")
+
+    def put_ref(self, key: str, data: bytes, expected: bytes | None) -> None:
+        # archive.org has no compare-and-swap: re-read just before writing narrows the window.
+        if self.get(key, max_bytes=4096) != expected:
+            raise RefMoved(f"{self.url}: {key} changed while pushing")
+        self.put(key, data)
 
     # ---- plumbing ------------------------------------------------------------------------------
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from pathlib import Path
 
-from .base import RemoteFile
+from .base import RefMoved, RemoteFile, UploadSource, too_large
 
 
 class MemoryRemote:
@@ -21,14 +20,25 @@ class MemoryRemote:
         with self._lock:
             return {k: RemoteFile(size=len(v), md5=hashlib.md5(v).hexdigest()) for k, v in self.files.items()}
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, max_bytes: int) -> bytes | None:
         with self._lock:
-            return self.files.get(key)
+            data = self.files.get(key)
+        if data is not None and len(data) > max_bytes:
+            raise too_large(self.url, key, max_bytes)
+        return data
 
-    def put(self, key: str, source: Path | bytes) -> None:
-        data = source.read_bytes() if isinstance(source, Path) else bytes(source)
+    def put(self, key: str, source: bytes | UploadSource) -> None:
+        data = source.read_verified() if isinstance(source, UploadSource) else bytes(source)
         with self._lock:
             self.files[key] = data
+            self.puts.append(key)
+
+    def put_ref(self, key: str, data: bytes, expected: bytes | None) -> None:
+        with self._lock:  # a true compare-and-swap: the lock covers the read and the write
+            current = self.files.get(key)
+            if current != expected:
+                raise RefMoved(f"{self.url}: {key} changed while pushing")
+            self.files[key] = bytes(data)
             self.puts.append(key)
 
     def check_writable(self) -> None:
