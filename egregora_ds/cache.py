@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import io
 import json
-import math
 import os
 import pickle
 from collections.abc import Iterator, Sequence
@@ -248,31 +247,15 @@ def decode_json(data: bytes, file: Path) -> Any:
         raise CacheError(f"{file} is not valid JSON ({exc}); fix it or re-create it with the pipeline") from None
 
 
-def encode_json(value: Any, may_be_nonfinite: bool = True) -> bytes:
-    """Compact UTF-8 JSON; msgspec for speed, stdlib where msgspec would be lossy (NaN, ±Inf).
-
-    `may_be_nonfinite=False` is the caller's promise that no float in `value` is NaN/±Inf, which
-    skips a walk over every value (checkout knows it from the stored extras)."""
-    if not (may_be_nonfinite and has_nonfinite(value)):
-        try:
-            return msgspec.json.encode(value)
-        except (TypeError, OverflowError, msgspec.EncodeError):
-            pass
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def has_nonfinite(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if type(item) is float:
-            if not math.isfinite(item):
-                return True
-        elif type(item) is dict:
-            stack.extend(item.values())
-        elif type(item) is list:
-            stack.extend(item)
-    return False
+def encode_json(value: Any) -> bytes:
+    """Compact JSON exactly as Python's json.dumps writes it (SPEC.md §6): NaN/Infinity tokens,
+    integers of any size, floats as repr(). Non-ASCII characters are written as UTF-8, unless a
+    lone surrogate (which UTF-8 cannot carry) is among them: then the whole text is \\u-escaped."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 def is_plain_json(value: Any) -> bool:
