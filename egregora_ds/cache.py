@@ -237,14 +237,28 @@ def _check_array(embeddings: Any, file: Path) -> None:
 
 
 def decode_json(data: bytes, file: Path) -> Any:
+    """The JSON value of a cache file: what Python's json.loads gives (SPEC.md §6.1). msgspec is the
+    fast path; it refuses a few things json.loads accepts (NaN/Infinity, 1e400, a BOM, UTF-16)."""
     try:
         return msgspec.json.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
         pass  # stdlib json also accepts NaN/Infinity and huge exponents, as json.dump writes them
+    except RecursionError:
+        raise _too_deep(file) from None
     try:
         return json.loads(data)
+    except RecursionError:
+        raise _too_deep(file) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheError(f"{file} is not valid JSON ({exc}); fix it or re-create it with the pipeline") from None
+    except ValueError:  # Python refuses to convert an integer of more than 4300 digits
+        raise CacheError(
+            f"{file} holds an integer longer than 4300 digits, which egds cannot store; shorten or remove it"
+        ) from None
+
+
+def _too_deep(file: Path) -> CacheError:
+    return CacheError(f"{file} nests arrays/objects too deeply (past Python's recursion limit, about 1000 levels) for egds to store; flatten it")
 
 
 def encode_json(value: Any) -> bytes:

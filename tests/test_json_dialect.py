@@ -156,3 +156,38 @@ def test_nonfinite_and_huge_values_in_extras_survive_a_round_trip(repo: Reposito
         b'"n":NaN,"big":1267650600228229401496703205376}'
     )
     assert math.isnan(json.loads(metadata)["n"])
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (b'{"chunks": [], "n": ' + b"9" * 5000 + b"}", "integer longer than 4300 digits"),
+        (b'{"chunks": [], "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}", "too deeply"),
+    ],
+)
+def test_json_that_python_cannot_hold_is_a_one_line_cache_error(tmp_path: Path, document: bytes, message: str) -> None:
+    from egregora_ds.cache import decode_json
+    from egregora_ds.errors import CacheError
+
+    with pytest.raises(CacheError, match=message) as error:
+        decode_json(document, tmp_path / "metadata.json")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("document", "value"),
+    [
+        ('\ufeff{"chunks": []}'.encode("utf-8"), {"chunks": []}),
+        ('{"chunks": [], "t": "é"}'.encode("utf-16"), {"chunks": [], "t": "é"}),
+        (b'{"chunks": [], "x": 1e400, "y": NaN}', None),
+        (b'{"chunks": [], "a": 1, "a": 2}', {"chunks": [], "a": 2}),
+    ],
+)
+def test_cache_json_is_read_as_pythons_json_loads_reads_it(tmp_path: Path, document: bytes, value) -> None:
+    from egregora_ds.cache import decode_json
+
+    decoded = decode_json(document, tmp_path / "metadata.json")
+    if value is None:
+        assert decoded["x"] == float("inf") and math.isnan(decoded["y"])
+    else:
+        assert decoded == value
