@@ -258,7 +258,10 @@ def decode_json(data: bytes, file: Path) -> Any:
 
 
 def _too_deep(file: Path) -> CacheError:
-    return CacheError(f"{file} nests arrays/objects too deeply (past Python's recursion limit, about 1000 levels) for egds to store; flatten it")
+    return CacheError(
+        f"{file} nests arrays/objects too deeply (past Python's recursion limit, about 1000 levels) "
+        "for egds to store; flatten it"
+    )
 
 
 def encode_json(value: Any) -> bytes:

@@ -96,7 +96,8 @@ def chunk_objects(table: pa.Table, where: str) -> pa.Array:
         dated_by_extra = _check_extras(extra, names, where)
     parts: list[Any] = []
     for i, name in enumerate(names):
-        member = [_text(("{" if i == 0 else ",") + msgspec.json.encode(name).decode() + ":"), _json_values(table.column(name).combine_chunks())]
+        key = _text(("{" if i == 0 else ",") + msgspec.json.encode(name).decode() + ":")
+        member = [key, _json_values(table.column(name).combine_chunks())]
         if name == DATE and dated_by_extra is not None and len(dated_by_extra):
             mask = np.zeros(len(table), dtype=bool)
             mask[dated_by_extra] = True
