@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import io
 import json
-import math
 import os
 import pickle
 from collections.abc import Iterator, Sequence
@@ -238,41 +237,42 @@ def _check_array(embeddings: Any, file: Path) -> None:
 
 
 def decode_json(data: bytes, file: Path) -> Any:
+    """The JSON value of a cache file: what Python's json.loads gives (SPEC.md §6.1). msgspec is the
+    fast path; it refuses a few things json.loads accepts (NaN/Infinity, 1e400, a BOM, UTF-16)."""
     try:
         return msgspec.json.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
         pass  # stdlib json also accepts NaN/Infinity and huge exponents, as json.dump writes them
+    except RecursionError:
+        raise _too_deep(file) from None
     try:
         return json.loads(data)
+    except RecursionError:
+        raise _too_deep(file) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheError(f"{file} is not valid JSON ({exc}); fix it or re-create it with the pipeline") from None
+    except ValueError:  # Python refuses to convert an integer of more than 4300 digits
+        raise CacheError(
+            f"{file} holds an integer longer than 4300 digits, which egds cannot store; shorten or remove it"
+        ) from None
 
 
-def encode_json(value: Any, may_be_nonfinite: bool = True) -> bytes:
-    """Compact UTF-8 JSON; msgspec for speed, stdlib where msgspec would be lossy (NaN, ±Inf).
-
-    `may_be_nonfinite=False` is the caller's promise that no float in `value` is NaN/±Inf, which
-    skips a walk over every value (checkout knows it from the stored extras)."""
-    if not (may_be_nonfinite and has_nonfinite(value)):
-        try:
-            return msgspec.json.encode(value)
-        except (TypeError, OverflowError, msgspec.EncodeError):
-            pass
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+def _too_deep(file: Path) -> CacheError:
+    return CacheError(
+        f"{file} nests arrays/objects too deeply (past Python's recursion limit, about 1000 levels) "
+        "for egds to store; flatten it"
+    )
 
 
-def has_nonfinite(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if type(item) is float:
-            if not math.isfinite(item):
-                return True
-        elif type(item) is dict:
-            stack.extend(item.values())
-        elif type(item) is list:
-            stack.extend(item)
-    return False
+def encode_json(value: Any) -> bytes:
+    """Compact JSON exactly as Python's json.dumps writes it (SPEC.md §6): NaN/Infinity tokens,
+    integers of any size, floats as repr(). Non-ASCII characters are written as UTF-8, unless a
+    lone surrogate (which UTF-8 cannot carry) is among them: then the whole text is \\u-escaped."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 def is_plain_json(value: Any) -> bool:

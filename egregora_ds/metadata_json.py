@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrow_arrays import bool_array, numeric_array, string_array, text_scalar, valid_values
+from .arrow_arrays import bool_array, numeric_array, text_scalar, valid_values
 from .cache import encode_json
 from .errors import CorruptObject
 from .model import OrderRun
@@ -82,37 +82,43 @@ def _json_values(column: pa.Array) -> pa.Array:
 
 def chunk_objects(table: pa.Table, where: str) -> pa.Array:
     """Each row's chunk as a JSON object followed by `,`: typed columns in table order, then the
-    fields of `extra` (SPEC.md §11), as `large_string`."""
+    members of `extra` spliced in as stored (SPEC.md §11), as `large_string`. A row whose `extra`
+    holds its original `newsletter_date` (a non-canonical string) leaves the date column out, so
+    the date stands where `extra` puts it."""
     names = [CHUNK_ID, DATE, *(f for f in TYPED_FIELDS if f in table.column_names)]
+    extra = table.column(EXTRA).combine_chunks() if EXTRA in table.column_names else None
+    if extra is not None and extra.null_count == len(extra):
+        extra = None
+    dated_by_extra = None
+    if extra is not None:
+        # Checked first, since the stored text is spliced into the output as it is.
+        extra = extra.cast(_TEXT)
+        dated_by_extra = _check_extras(extra, names, where)
     parts: list[Any] = []
     for i, name in enumerate(names):
-        parts.append(_text(("{" if i == 0 else ",") + msgspec.json.encode(name).decode() + ":"))
-        parts.append(_json_values(table.column(name).combine_chunks()))
-    extra = table.column(EXTRA).combine_chunks() if EXTRA in table.column_names else None
-    if extra is None or extra.null_count == len(extra):
+        key = _text(("{" if i == 0 else ",") + msgspec.json.encode(name).decode() + ":")
+        member = [key, _json_values(table.column(name).combine_chunks())]
+        if name == DATE and dated_by_extra is not None and len(dated_by_extra):
+            mask = np.zeros(len(table), dtype=bool)
+            mask[dated_by_extra] = True
+            parts.append(pc.if_else(bool_array(mask), _text(""), pc.binary_join_element_wise(*member, _text(""))))
+        else:
+            parts += member
+    if extra is None:
         parts.append(_text("},"))
-        return pc.binary_join_element_wise(*parts, _text(""))
-    # "{typed...," + the extra object without its "{" + ","; checked first, since the stored text is
-    # spliced into the output as it is.
-    extra = extra.cast(_TEXT)
-    extra_fields = pc.binary_join_element_wise(_text(","), pc.utf8_slice_codeunits(extra, 1), _text(""))
-    parts += [pc.if_else(extra.is_null(), _text("}"), extra_fields), _text(",")]
-    rows = pc.binary_join_element_wise(*parts, _text(""))
-    redo = _check_extras(extra, names, where)
-    if len(redo):
-        replacements = [encode_json(chunk).decode() + "," for chunk in _chunk_dicts(table, names, redo)]
-        mask = np.zeros(len(rows), dtype=bool)
-        mask[redo] = True
-        rows = pc.replace_with_mask(rows, bool_array(mask), string_array(replacements).cast(_TEXT))
-    return rows
+    else:
+        # "{typed...," + the extra object without its "{" + ","
+        extra_fields = pc.binary_join_element_wise(_text(","), pc.utf8_slice_codeunits(extra, 1), _text(""))
+        parts += [pc.if_else(extra.is_null(), _text("}"), extra_fields), _text(",")]
+    return pc.binary_join_element_wise(*parts, _text(""))
 
 
 def _check_extras(extra: pa.Array, names: list[str], where: str) -> np.ndarray:
-    """Rows whose chunk must be rebuilt in Python: those whose `extra` holds a non-canonical date,
-    which goes where the extra object has it, not in the date column's place (SPEC.md §5.1)."""
+    """Validate every `extra` (it is spliced verbatim, so it must be exactly one JSON object of
+    fields the typed columns lack); return the rows whose `extra` holds the chunk's date."""
     rows = np.flatnonzero(valid_values(extra))
     typed = set(names)
-    redo = []
+    dated = []
     for row, text in zip(rows.tolist(), extra.take(numeric_array(rows.astype(np.int64))).to_pylist()):
         try:
             fields = msgspec.json.decode(text)
@@ -121,24 +127,18 @@ def _check_extras(extra: pa.Array, names: list[str], where: str) -> np.ndarray:
                 fields = json.loads(text)  # NaN, Infinity or huge exponents, as json.dumps writes them
             except ValueError:
                 fields = None
-        if not isinstance(fields, dict) or not fields or CHUNK_ID in fields or (typed - {DATE}) & fields.keys():
+        # The first and last characters must be the braces: the splice drops the first one.
+        if (
+            not isinstance(fields, dict) or not fields or CHUNK_ID in fields or (typed - {DATE}) & fields.keys()
+            or text[0] != "{" or text[-1] != "}"
+        ):
             raise CorruptObject(
                 f"{where}: row {row}'s `extra` is not a JSON object of fields the typed columns lack, so no snapshot "
                 "wrote it; nothing was written. Restore the object from a remote or another copy"
             )
         if DATE in fields:
-            redo.append(row)
-    return np.array(redo, dtype=np.int64)
-
-
-def _chunk_dicts(table: pa.Table, names: list[str], rows: np.ndarray) -> list[dict[str, Any]]:
-    picked = table.take(numeric_array(rows))
-    columns = [(picked.column(n).cast(pa.string()) if n == DATE else picked.column(n)).to_pylist() for n in names]
-    chunks = [dict(zip(names, values)) for values in zip(*columns)]
-    for chunk, text in zip(chunks, picked.column(EXTRA).to_pylist()):
-        del chunk[DATE]
-        chunk.update(json.loads(text))
-    return chunks
+            dated.append(row)
+    return np.array(dated, dtype=np.int64)
 
 
 def metadata_pieces(objects: Sequence[pa.Array], row_order: Sequence[OrderRun], extras: dict[str, Any]) -> list[memoryview]:

@@ -1,9 +1,11 @@
 """Revision grammar and resolution (pure): which manifest a user means by `v3`, `latest~2`, `@2025-10-01`…
 
-Grammar (SPEC.md, "Revisions"):
-    rev     := base ("~" K)?
-    base    := "latest" | "v"N | N | "@"DATE | tag | id-prefix (>= 4 hex)
-Resolution order for a bare word: `latest`, version number, tag, then id prefix.
+Grammar (SPEC.md §9), ASCII only:
+    rev     := base ("~" K)*                      K = 0 | [1-9][0-9]{0,17}; the K's add up
+                                                  (at most 256 characters in all)
+    base    := "latest" | "v"N | N | "@"TIME | tag | id-prefix (4-64 lowercase hex)
+Resolution order for a bare word: `latest`, version number, tag, then id prefix. Version numbers,
+`@TIME` and `~K` walk `main`'s history only; an id prefix or a tag may name any stored manifest.
 """
 
 from __future__ import annotations
@@ -17,10 +19,19 @@ from .errors import RevisionError
 from .ids import is_id_prefix, short
 from .model import Manifest
 
-_VERSION = re.compile(r"v?(\d+)")
-_ANCESTOR = re.compile(r"(.+?)~(\d+)")
+# Python's `\d` matches every Unicode digit (`v١` would name version 1) and str.strip() every Unicode
+# space: the grammar is ASCII, so the patterns spell their characters out.
+_WHITESPACE = " \t\n\r\f\v"
+#: A version number or a step count: no leading zeros, at most 18 digits (int64 holds every one).
+_NUMBER = re.compile(r"0|[1-9][0-9]{0,17}")
+_DIGITS = re.compile(r"[0-9]+")
+_V_DIGITS = re.compile(r"v([0-9]+)")
 _TAG = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,99}")
-_DATE = re.compile(r"@(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?)?Z?")
+# `@DATE`, `@DATE[T| ]HH:MM`, `@DATE[T| ]HH:MM:SS`, each time optionally followed by `Z` (it is UTC anyway).
+_DATE = re.compile(r"@([0-9]{4}-[0-9]{2}-[0-9]{2})(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2}))?Z?)?")
+#: Longer than any revision a person writes (an id is 64 characters); keeps messages one short line.
+MAX_REVISION_CHARS = 256
+_FORMS = "use latest, vN, a tag, an id prefix (>= 4 hex) or @YYYY-MM-DD, optionally followed by ~K"
 
 
 def history(head: str | None, manifests: Mapping[str, Manifest]) -> list[tuple[str, Manifest]]:
@@ -51,34 +62,56 @@ def resolve_version(
     `chain` is `history(head)` (newest first); `known_ids` are all manifest ids in the store, so an
     id prefix may name a manifest outside the chain.
     """
-    rev = rev.strip()
-    if not rev:
+    text = rev.strip(_WHITESPACE)
+    if not text:
         raise RevisionError("empty revision; use latest, vN, a tag, an id prefix or @YYYY-MM-DD")
-    match = _ANCESTOR.fullmatch(rev)
-    if match:
-        base_id = resolve_version(match.group(1), chain, tags, known_ids)
-        return _ancestor(base_id, int(match.group(2)), chain, rev)
-    if not chain and rev == "latest":
-        raise RevisionError("the repository has no versions yet; run `egds snapshot` first")
-    if rev == "latest":
+    if len(text) > MAX_REVISION_CHARS:
+        raise RevisionError(f"revision {text[:40]!r}… is {len(text)} characters long (at most {MAX_REVISION_CHARS}); {_FORMS}")
+    base, *steps = text.split("~")
+    if not base or not all(_NUMBER.fullmatch(step) for step in steps):
+        raise RevisionError(f"unknown revision {text!r}; {_FORMS}")
+    target = _resolve_base(base, text, chain, tags, known_ids)
+    if not steps:
+        return target
+    # `X~a~b` is `X~(a+b)`, as in git.
+    return _ancestor(target, sum(int(step) for step in steps), chain, text)
+
+
+def _resolve_base(
+    base: str, rev: str, chain: Sequence[tuple[str, Manifest]], tags: Mapping[str, str], known_ids: Sequence[str]
+) -> str:
+    if base == "latest":
+        if not chain:
+            raise RevisionError("the repository has no versions yet; run `egds snapshot` first")
         return chain[0][0]
-    if rev.startswith("@"):
-        return _at_time(rev, chain)
-    match = _VERSION.fullmatch(rev)
-    if match:
-        number = int(match.group(1))
-        for manifest_id, manifest in chain:
-            if manifest.version == number:
-                return manifest_id
-        # A bare number may still be an id prefix ("1234…"); `vN` may not.
-        if rev.startswith("v") or not is_id_prefix(rev) or not any(i.startswith(rev) for i in known_ids):
-            if not chain:  # not "versions run from 1 to 0"
-                raise RevisionError(f"no version {number}: the repository has no versions yet; run `egds snapshot` first")
-            raise RevisionError(f"no version {number}: versions run from 1 to {chain[0][1].version}; see `egds log`")
-    if rev in tags:
-        return tags[rev]
-    if is_id_prefix(rev):
-        candidates = sorted(i for i in known_ids if i.startswith(rev))
+    if base.startswith("@"):
+        return _at_time(base, chain)
+    v_digits = _V_DIGITS.fullmatch(base)
+    if v_digits:
+        digits = v_digits.group(1)
+        if len(digits) > 1 and digits[0] == "0":
+            raise RevisionError(f"bad version number in {rev!r}: write it without leading zeros (v{digits.lstrip('0') or '0'})")
+        found = _version(digits, chain)
+        if found is None:
+            raise _no_version(digits, chain)
+        return found
+    if _DIGITS.fullmatch(base):
+        # A bare number names a version of `main`'s history; one that names none may still be an
+        # id prefix ("1234…"). With a leading zero it is only ever an id prefix.
+        found = _version(base, chain) if _NUMBER.fullmatch(base) else None
+        if found is not None:
+            return found
+        if not (is_id_prefix(base) and any(i.startswith(base) for i in known_ids)):
+            if _NUMBER.fullmatch(base) or len(base) > 18:
+                raise _no_version(base, chain)
+            raise RevisionError(
+                f"unknown revision {rev!r}: version numbers have no leading zeros ({base.lstrip('0') or '0'}), "
+                "and no manifest id starts with it"
+            )
+    if base in tags:
+        return tags[base]
+    if is_id_prefix(base):
+        candidates = sorted(i for i in known_ids if i.startswith(base))
         if len(candidates) == 1:
             return candidates[0]
         if len(candidates) > 1:
@@ -88,8 +121,29 @@ def resolve_version(
             listed = ", ".join(c[:width] for c in candidates[:10])
             if len(candidates) > 10:
                 listed += f" and {len(candidates) - 10} more"
-            raise RevisionError(f"id prefix {rev!r} is ambiguous: {listed}; give more characters")
-    raise RevisionError(f"unknown revision {rev!r}; use latest, vN, a tag, an id prefix (>= 4 hex) or @YYYY-MM-DD")
+            raise RevisionError(f"id prefix {base!r} is ambiguous: {listed}; give more characters")
+    if base != base.lower() and is_id_prefix(base.lower()):
+        # Ids are lowercase; an uppercase hex word may be a tag (`BEEF`), so it is never folded.
+        raise RevisionError(f"unknown revision {rev!r}; id prefixes are lowercase (try {base.lower()!r}); {_FORMS}")
+    raise RevisionError(f"unknown revision {rev!r}; {_FORMS}")
+
+
+def _version(digits: str, chain: Sequence[tuple[str, Manifest]]) -> str | None:
+    """The id of version `digits` in `chain` (main's history), or None. More than 18 digits name no version."""
+    if not _NUMBER.fullmatch(digits):
+        return None
+    number = int(digits)
+    for manifest_id, manifest in chain:
+        if manifest.version == number:
+            return manifest_id
+    return None
+
+
+def _no_version(digits: str, chain: Sequence[tuple[str, Manifest]]) -> RevisionError:
+    shown = digits if len(digits) <= 24 else digits[:20] + "…"
+    if not chain:  # not "versions run from 1 to 0"
+        return RevisionError(f"no version {shown}: the repository has no versions yet; run `egds snapshot` first")
+    return RevisionError(f"no version {shown}: versions run from 1 to {chain[0][1].version}; see `egds log`")
 
 
 def _ancestor(base_id: str, steps: int, chain: Sequence[tuple[str, Manifest]], rev: str) -> str:
@@ -135,7 +189,7 @@ def _at_time(rev: str, chain: Sequence[tuple[str, Manifest]]) -> str:
 
 def check_tag_name(name: str) -> None:
     """Tags must not shadow the other forms of a revision."""
-    if not _TAG.fullmatch(name) or name == "latest" or _VERSION.fullmatch(name) or is_id_prefix(name):
+    if not _TAG.fullmatch(name) or name == "latest" or _V_DIGITS.fullmatch(name) or is_id_prefix(name):
         raise RevisionError(
             f"invalid tag name {name!r}: use a letter then letters, digits, '.', '_' or '-' "
             "(not 'latest', not vN, not a hex word that could be an id prefix)"

@@ -248,6 +248,139 @@ def test_vN_tilde_K_is_version_N_minus_K(k: int, data: st.DataObject) -> None:
                 resolve_version(rev, chain, {}, known)
 
 
+# ---- the grammar is ASCII and strict (SPEC.md §9) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("rev", ["v\u0661", "\u0661", "v\uff13", "latest~\u0661", "v3~\u0661", "\u0663~1"])
+def test_unicode_digits_are_not_version_numbers_or_steps(five, rev: str) -> None:
+    # Python's \d matches them (`v١` used to name version 1); the grammar's digits are ASCII 0-9.
+    with pytest.raises(RevisionError):
+        five(rev)
+
+
+@pytest.mark.parametrize("rev", ["@\u0662\u0660\u0662\u0665-10-01", "@2025-10-01T\u0661\u0662:00", "@\uff12\uff10\uff12\uff15-10-01"])
+def test_unicode_digits_in_a_time_are_a_bad_time(five, rev: str) -> None:
+    with pytest.raises(RevisionError, match="bad time"):
+        five(rev)
+
+
+@pytest.mark.parametrize(("rev", "advice"), [("v005", "v5"), ("v00", "v0"), ("v01~1", "v1")])
+def test_a_version_number_with_leading_zeros_is_refused_saying_how_to_write_it(five, rev: str, advice: str) -> None:
+    with pytest.raises(RevisionError, match=f"without leading zeros \\({advice}\\)"):
+        five(rev)
+
+
+@pytest.mark.parametrize("rev", ["005", "00", "05~1"])
+def test_a_bare_number_with_leading_zeros_is_no_version(five, rev: str) -> None:
+    with pytest.raises(RevisionError, match="no leading zeros"):
+        five(rev)
+
+
+def test_a_bare_number_with_a_leading_zero_is_still_an_id_prefix() -> None:
+    ids = [fake_id("1", "0123"), fake_id("2"), fake_id("3")]
+    chain, manifests, _ = build_chain(3, ids=ids)
+    assert resolve_version("0123", chain, {}, sorted(manifests)) == ids[0]
+
+
+@pytest.mark.parametrize("rev", ["latest~01", "latest~00", "v3~+1", "v3~-1", "latest~1~", "latest~~1", "v3~1.0"])
+def test_a_step_count_is_a_plain_number(five, rev: str) -> None:
+    with pytest.raises(RevisionError, match="unknown revision"):
+        five(rev)
+
+
+@pytest.mark.parametrize(("rev", "version"), [("v3~1~1", 1), ("latest~1~0~2", 2), ("release~0~1", 2), ("latest~0~0", 5)])
+def test_chained_steps_add_up(five, rev: str, version: int) -> None:
+    assert five(rev) == five.ids[version - 1]
+
+
+@pytest.mark.parametrize("rev", ["latest ~1", "latest~ 1", "v 3", "@ 2025-10-03", "@2025-10-03  12:00", "@2025-10-03T12:00 Z"])
+def test_whitespace_inside_a_revision_is_refused(five, rev: str) -> None:
+    with pytest.raises(RevisionError):
+        five(rev)
+
+
+@pytest.mark.parametrize("rev", ["\tlatest\n", "v3\r\n", " @2025-10-03 "])
+def test_whitespace_around_a_revision_is_ignored(five, rev: str) -> None:
+    assert five(rev) in five.ids
+
+
+@pytest.mark.parametrize("rev", ["\u00a0latest", "latest\u3000"])
+def test_only_ascii_whitespace_around_a_revision_is_ignored(five, rev: str) -> None:
+    with pytest.raises(RevisionError):
+        five(rev)
+
+
+@pytest.mark.parametrize("rev", ["@2025-10-03Z", "@2025-10-03t12:00", "@2025-10-03T12:00z", "@2025-10-03T12", "@2025-10-03T12:00:00.5"])
+def test_z_follows_only_a_time_and_t_is_uppercase(five, rev: str) -> None:
+    with pytest.raises(RevisionError, match="bad time"):
+        five(rev)
+
+
+@pytest.mark.parametrize("rev", ["v" + "9" * 5000, "9" * 5000, "latest~" + "9" * 5000, "v" + "1" * 19])
+def test_an_absurdly_long_number_is_a_clear_error(five, rev: str) -> None:
+    # int() refuses more than 4300 digits with a ValueError: it must not escape as an internal error.
+    with pytest.raises(RevisionError) as error:
+        five(rev)
+    assert len(str(error.value)) < 300
+
+
+def test_nineteen_digits_are_no_version_but_may_be_an_id_prefix() -> None:
+    digits = "1234567890123456789"
+    ids = [fake_id("1"), fake_id("2", digits), fake_id("3")]
+    chain, manifests, _ = build_chain(3, ids=ids)
+    assert resolve_version(digits, chain, {}, sorted(manifests)) == ids[1]
+    with pytest.raises(RevisionError, match="no version"):
+        resolve_version("v" + digits, chain, {}, sorted(manifests))
+
+
+def test_an_uppercase_id_prefix_is_not_folded_but_the_error_says_ids_are_lowercase(five) -> None:
+    upper = five.ids[1][:8].upper()
+    if upper == upper.lower():  # all digits: make it a word that has letters
+        upper = "ABCD"
+    with pytest.raises(RevisionError, match=f"id prefixes are lowercase \\(try '{upper.lower()}'\\)"):
+        five(upper)
+
+
+def test_an_uppercase_hex_word_can_be_a_tag() -> None:
+    chain, manifests, ids = build_chain(2)
+    check_tag_name("BEEF")
+    assert resolve_version("BEEF", chain, {"BEEF": ids[0]}, sorted(manifests)) == ids[0]
+
+
+def test_version_numbers_and_times_walk_mains_history_only() -> None:
+    # A manifest outside main's history (a diverged pull, an interrupted snapshot) with version 2
+    # and the newest time is never what `v2` or `@time` means; its id prefix still names it.
+    chain, manifests, ids = build_chain(3)
+    stray = fake_id("stray", "fee1")
+    manifests[stray] = manifest(2, ids[0], T0 + timedelta(days=30))
+    known = sorted(manifests)
+    assert resolve_version("v2", chain, {}, known) == ids[1]
+    assert resolve_version("2", chain, {}, known) == ids[1]
+    assert resolve_version("@2030-01-01", chain, {}, known) == ids[2]
+    assert resolve_version("fee1", chain, {}, known) == stray
+    with pytest.raises(RevisionError, match="not in the history"):
+        resolve_version("fee1~1", chain, {}, known)
+
+
+@pytest.mark.parametrize("name", ["v\u0661", "v0", "v007", "v" + "1" * 30])
+def test_a_tag_name_shaped_like_a_version_is_refused_whatever_its_digits(name: str) -> None:
+    with pytest.raises(RevisionError, match="invalid tag name"):
+        check_tag_name(name)
+
+
+_REVISION_ALPHABET = st.sampled_from(list("v0123456789abcdefl~@-:TZ .") + ["latest", "release", "\u0661", "\uff13", "\u00a0"])
+
+
+@given(rev=st.one_of(st.text(max_size=30), st.lists(_REVISION_ALPHABET, max_size=12).map("".join)))
+@settings(max_examples=300, deadline=None)
+def test_any_string_resolves_to_a_known_manifest_or_is_a_revision_error(rev: str) -> None:
+    chain, manifests, ids = build_chain(5)
+    try:
+        assert resolve_version(rev, chain, {"release": ids[2]}, sorted(manifests)) in manifests
+    except RevisionError as error:
+        assert "\n" not in str(error) and len(str(error)) < 400
+
+
 # ---- tag names --------------------------------------------------------------------------------------
 
 

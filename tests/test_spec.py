@@ -11,11 +11,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from egregora_ds.model import FORMAT_VERSION, Manifest, PartitionEntry
+from egregora_ds.model import FORMAT_VERSION, Config, Manifest, PartitionEntry
 from egregora_ds.parquet_io import WRITER_OPTIONS
 from egregora_ds.table import CONTENT_HASH_TAG, TYPED_FIELDS
 
 SPEC = (Path(__file__).parent.parent / "SPEC.md").read_text(encoding="utf-8")
+FLAT = " ".join(SPEC.split())  # line breaks do not matter to a phrase
 
 
 def render_type(annotation: object) -> str:
@@ -31,17 +32,28 @@ def render_type(annotation: object) -> str:
     return {int: "int", str: "string", datetime: "timestamp"}[annotation]  # type: ignore[index]
 
 
-def spec_table(name: str) -> list[tuple[str, str]]:
+def render_presence(field: msgspec.structs.FieldInfo) -> str:
+    """How SPEC.md says whether a field must be present: `required`, or its default."""
+    if field.required:
+        return "required"
+    return f"default `{msgspec.json.encode(field.default).decode()}`"
+
+
+def spec_table(name: str) -> list[tuple[str, str, str]]:
     block = re.search(rf"<!-- {name}:start -->(.*?)<!-- {name}:end -->", SPEC, re.S)
     assert block, f"SPEC.md has no {name} table"
     rows = [line.split(" | ") for line in block.group(1).strip().splitlines()[2:]]
-    return [(cells[0].strip("| `"), cells[1].strip()) for cells in rows]
+    return [(cells[0].strip("| `"), cells[1].strip(), cells[2].strip()) for cells in rows]
 
 
-@pytest.mark.parametrize(("struct", "table"), [(Manifest, "manifest-fields"), (PartitionEntry, "partition-fields")])
+@pytest.mark.parametrize(
+    ("struct", "table"), [(Manifest, "manifest-fields"), (PartitionEntry, "partition-fields"), (Config, "config-fields")]
+)
 def test_spec_field_tables_match_the_structs(struct: type[msgspec.Struct], table: str) -> None:
     hints = typing.get_type_hints(struct, include_extras=True)
-    expected = [(field.name, render_type(hints[field.name])) for field in msgspec.structs.fields(struct)]
+    expected = [
+        (field.name, render_type(hints[field.name]), render_presence(field)) for field in msgspec.structs.fields(struct)
+    ]
     assert spec_table(table) == expected
 
 
@@ -60,3 +72,32 @@ def test_spec_names_the_writer_settings_the_code_uses() -> None:
 def test_spec_lists_every_typed_column() -> None:
     for name in TYPED_FIELDS:
         assert f"| `{name}` |" in SPEC
+
+
+def test_spec_states_the_limits_the_code_uses() -> None:
+    from egregora_ds.revisions import MAX_REVISION_CHARS
+    from egregora_ds.transfer import DOWNLOAD_ATTEMPTS, MAX_JSON_OBJECT_BYTES, MAX_MANIFEST_BYTES, MAX_REF_BYTES
+
+    assert MAX_REF_BYTES == 128 and "a ref at 128 bytes" in FLAT
+    assert MAX_MANIFEST_BYTES == 256 << 20 and "a manifest at 256 MiB" in FLAT
+    assert MAX_JSON_OBJECT_BYTES == 1 << 30 and "a JSON object at 1 GiB" in FLAT
+    assert DOWNLOAD_ATTEMPTS == 3 and "(3 attempts in all)" in FLAT
+    assert MAX_REVISION_CHARS == 256 and "at most 256 characters long" in FLAT
+
+
+def test_spec_lists_every_global_the_pickle_reader_allows() -> None:
+    from egregora_ds.cache import _ALLOWED_GLOBALS
+
+    section = SPEC[SPEC.index("### 13.2") : SPEC.index("### 13.3")]
+    for module, name in _ALLOWED_GLOBALS:
+        assert f"`{module}.{name}`" in section, f"{module}.{name} is allowed but SPEC.md §13.2 does not list it"
+
+
+def test_spec_spells_the_name_rules_the_code_checks() -> None:
+    from egregora_ds.remotes import _NAME
+    from egregora_ds.revisions import _TAG
+    from egregora_ds.store.ia import _IDENTIFIER
+
+    assert f"`{_TAG.pattern}`" in SPEC
+    assert f"`{_NAME.pattern}`" in SPEC
+    assert f"`{_IDENTIFIER.pattern}`" in SPEC
