@@ -55,8 +55,14 @@ class _Lines:
         self._stream = stream
 
     def print(self, text: object = "", **_ignored: Any) -> None:  # the keywords of rich's print, unused
+        self._write(printable(str(text)) + "\n")
+
+    def fields(self, *values: object, sep: str = "\t") -> None:
+        """One line of fields joined by `sep` (a tab for scripts), each escaped on its own."""
+        self._write(sep.join(printable(str(v)) for v in values) + "\n")
+
+    def _write(self, line: str) -> None:
         stream = getattr(sys, self._stream)  # looked up per call: tests and MCP swap sys.stdout
-        line = printable(str(text)) + "\n"
         encoding = getattr(stream, "encoding", None) or "utf-8"
         try:
             stream.write(line)
@@ -419,7 +425,7 @@ def remote_list(json: JsonFlag = False) -> None:
     if json:
         return _print_json(remotes)
     for name, config in remotes.items():
-        out.print(f"{name}\t{config.url}", markup=False)
+        out.fields(name, config.url)
 
 
 @remote_app.command("remove")

@@ -85,7 +85,7 @@ def status(repo: Repository, cache: Path) -> StatusResult:
             refusal = newer_error(repo, base, cache)
         elif base.relation in (OLDER, OTHER):
             would_undo = undone(base.manifest, latest, content)
-            if would_undo:
+            if would_undo or not base.exact:
                 refusal = revert_error(base, latest, would_undo, cache)
     if refusal is None and rows == 0 and latest is not None and latest.rows > 0:
         refusal = empty_cache_error(cache, latest)

@@ -6,13 +6,16 @@ cache whose content equals a recorded version is based on that version. The base
 an older one (in `main`'s history), a newer one (`main` is in *its* history: a pull that checked out
 before it moved `main`), or another one (outside both).
 
-The revert rule (SPEC.md, "Snapshot"): a snapshot is refused, unless the user asks for it with
-`--revert`, when the cache's base is older than `main` (or outside its history) and recording the cache
-would put back something of the base that a later version replaced: a partition's content (or its
-absence), the index, the extras or the row order. So `egds checkout v1` followed by a routine snapshot
-never silently records v1 as the latest; edits made on top of v1 are refused too when they leave any of
-v1's replaced content in place, because the snapshot would drop the later versions' changes there. A
-cache based on a newer version is never recorded: re-running the pull finishes it.
+The revert rule (SPEC.md, "Snapshot"): unless the user asks for it with `--revert`, a snapshot is refused
+when the cache's base is older than `main` (or outside its history) and
+- the cache is still exactly the base, and recording it would put back something of the base that a later
+  version replaced: a partition's content (or its absence), the index, the extras or the row order; or
+- the cache changed since it was checked out as the base: whatever the later versions changed and the
+  edits do not repeat would be dropped, and egds cannot tell which of their changes the edits keep (a
+  partition that differs from both versions may still lack a later chunk edit), so it does not guess.
+So `egds checkout v1` followed by a routine snapshot never silently records v1 as the latest, nor v1 plus
+edits. A cache based on a newer version (a pull that stopped after its checkout) is never recorded:
+re-running the pull finishes it. Without a stamp only a cache equal to a recorded version has a base.
 """
 
 from __future__ import annotations
@@ -154,9 +157,10 @@ def revert_error(base: CacheBase, latest: Manifest, undone_parts: list[str], cac
             f"({shown}). Run `egds checkout latest` to return to the latest version, or `egds snapshot --revert` "
             f"to record v{v}'s content as the new latest"
         )
+    still = f"; it still holds v{v}'s content in {shown}" if undone_parts else ""
     return WouldRevert(
-        f"the cache at {cache} was checked out as v{v} ({short(base.id)}), {where}, and changed since; it still "
-        f"holds v{v}'s content where later versions changed it ({shown}), so recording it would {undo} there. Run "
-        f"`egds snapshot --revert` to record it anyway, or `egds checkout latest --force` to drop your changes and "
-        f"return to the latest version (copy the cache elsewhere first to keep them)"
+        f"the cache at {cache} was checked out as v{v} ({short(base.id)}), {where}, and changed since: recording it "
+        f"would {undo} wherever the cache lacks them{still}. If the cache holds everything it should (the pipeline "
+        f"rewrote it in full), run `egds snapshot --revert` to record it as it is; otherwise copy it elsewhere to "
+        f"keep your changes and run `egds checkout latest --force` to return to the latest version"
     )

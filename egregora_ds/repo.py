@@ -110,6 +110,7 @@ class Repository:
             raise UsageError(f"unknown partitioning {partitioning!r}; use month, quarter or year")
         if not model.strip():
             raise UsageError("--model must not be empty")
+        check_text(model, "--model", single_line=True)
         config = Config(format=FORMAT_VERSION, cache=_stored_cache_path(root, cache), partitioning=partitioning, model=model)
         repo = cls(root, config)
         repo.store.create_layout()
@@ -162,8 +163,7 @@ class Repository:
             raise UsageError(_FIXED_SETTINGS[key])
         if not value.strip():
             raise UsageError(f"{key} must not be empty")
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise UsageError(f"{key} must not contain control characters (newlines, tabs, escapes): {value!r}")
+        check_text(value, key, single_line=True)
         stored = _stored_cache_path(self.root, value) if key == "cache" else value
         with self.store.locked():
             previous = self.update_config(**{key: stored})
@@ -410,6 +410,20 @@ class Repository:
 
         return clone(url, Path(directory) if directory is not None else None, rev=rev, partitions=partitions,
                      progress=progress, base=Path(base).resolve() if base is not None else None)
+
+
+def check_text(value: str, what: str, *, single_line: bool) -> None:
+    """Text egds records (a message, a model name, a setting) must be UTF-8 text: argv turns bytes that are
+    not UTF-8 into lone surrogates, which no JSON file can hold. A name is also one printable line."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(
+            f"{what} is not valid UTF-8 text (a byte that is not UTF-8 at position {exc.start}: {value!r}); "
+            "write it in UTF-8"
+        ) from None
+    if single_line and any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise UsageError(f"{what} must not contain control characters (newlines, tabs, escapes): {value!r}")
 
 
 def _check_config_key(key: str) -> None:

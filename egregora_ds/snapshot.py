@@ -20,6 +20,7 @@ from .lineage import LATEST, NEWER, OLDER, OTHER, CacheContent, content_base, ne
 from .model import FORMAT_VERSION, Manifest, PartitionEntry, encode_manifest
 from .parquet_io import encode_partition
 from .progress import NO_PROGRESS, Progress
+from .repo import check_text
 from .results import PartitionCounts, SnapshotResult
 from .table import CacheLayout, PartitionedCache, PartitionTable, lay_out_cache, partition_cache
 
@@ -78,6 +79,11 @@ def snapshot(
     (unless `allow_empty`), a partial checkout, and a model or dimension change not asked for."""
     cache_path = repo.cache_path
     explicit_model = model is not None
+    check_text(message, "the message", single_line=False)
+    if model is not None:
+        if not model.strip():
+            raise UsageError("--model must not be empty; leave it out to use the repository's model (`egds config model`)")
+        check_text(model, "--model", single_line=True)
     model = model or repo.config.model
     with repo.store.locked():
         head = repo.head()
@@ -125,7 +131,7 @@ def snapshot(
             if base is not None and base.relation in (OLDER, OTHER):
                 mine = CacheContent({b.key: b.content_hash for b in built}, layout.row_order, extras_id, index_id)
                 lost = undone(base.manifest, parent, mine)
-                if lost:
+                if lost or not base.exact:
                     raise revert_error(base, parent, lost, cache_path)
         writer.write_deferred()
         entries = writer.entries(built)
