@@ -298,6 +298,9 @@ def status(cache: CacheOpt = None, json: JsonFlag = False) -> None:
         out.print(f"  partial checkout: the cache holds only {', '.join(result.partial)}")
     if result.snapshot_refusal is not None:
         out.print(f"  unchanged {len(p.unchanged)} partitions. A snapshot would be refused: {result.snapshot_refusal}")
+    elif cache is not None and Path(result.cache) != _run(_repo).cache_path:
+        out.print(f"  unchanged {len(p.unchanged)} partitions. (`egds snapshot` records the repository's own cache, "
+                  "not this one: `egds config cache PATH` sets which one that is.)")
     else:
         out.print(f"  unchanged {len(p.unchanged)} partitions. Run `egds snapshot` to record.")
 

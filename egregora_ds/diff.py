@@ -80,6 +80,7 @@ def status(repo: Repository, cache: Path) -> StatusResult:
     clean = latest is not None and not (changed or added or removed or index_changed or extras_changed or order_changed or model_changed)
     would_undo: list[str] = []
     refusal: Exception | None = None
+    working = cache == repo.cache_path  # only the repository's own cache is what `egds snapshot` records
     if base is not None and latest is not None and not clean:
         if base.relation == NEWER:
             refusal = newer_error(repo, base, cache)
@@ -89,6 +90,8 @@ def status(repo: Repository, cache: Path) -> StatusResult:
                 refusal = revert_error(base, latest, would_undo, cache)
     if refusal is None and rows == 0 and latest is not None and latest.rows > 0:
         refusal = empty_cache_error(cache, latest)
+    if not working:
+        refusal = None
     holds = base if base is not None and base.exact else None
     based_on = base if base is not None and not base.exact else None
     return StatusResult(
@@ -209,12 +212,17 @@ def _diff_chunks(old: pa.Table | None, new: pa.Table | None) -> ChunkDiff:
         return ChunkDiff(added, removed, none, none, {})
     before, after = old.take(pa.array(old_rows)), new.take(pa.array(new_rows))
     changed_by_field: dict[str, np.ndarray] = {}  # field -> bool mask over `common`
-    slow = _valid(before.column(EXTRA)) | _valid(after.column(EXTRA))
     changed_by_field[DATE] = ~_same(before.column(DATE), after.column(DATE))
+    same_layout = np.ones(len(common), dtype=bool)
     for name in TYPED_FIELDS:
-        same = _same(before.column(name), after.column(name))
-        same &= _same(before.column(_PRESENT + name), after.column(_PRESENT + name))
-        changed_by_field[name] = ~same
+        same_place = _same(before.column(_PRESENT + name), after.column(_PRESENT + name))
+        changed_by_field[name] = ~(_same(before.column(name), after.column(name)) & same_place)
+        same_layout &= same_place
+    # A row whose `extra` text and layout are the same on both sides is decided by the columns alone (the
+    # usual case); only rows whose `extra` differs, or that moved a field between a column and `extra`,
+    # are rebuilt field by field.
+    has_extra = _valid(before.column(EXTRA)) | _valid(after.column(EXTRA))
+    slow = has_extra & ~(_same(before.column(EXTRA), after.column(EXTRA)) & same_layout)
     rows = np.flatnonzero(slow)
     if len(rows):
         # These rows' fields are decided from their full chunks (typed columns plus `extra`).

@@ -92,7 +92,8 @@ class StatusResult(msgspec.Struct, frozen=True):
     """What a snapshot would put back to an older version although a later one changed it: partition keys,
     `index.json`, `extras`, `row order`. Such a snapshot is refused unless `--revert`."""
     snapshot_refusal: str | None = None
-    """The error `egds snapshot` would give for this cache (a revert, a newer version, an empty cache)."""
+    """The error `egds snapshot` would give for this cache (a revert, a newer version, an empty cache); None
+    when it would record it, and for a cache other than the repository's own (snapshot never reads it)."""
 
 
 class DiffPartitions(msgspec.Struct, frozen=True):

@@ -136,3 +136,13 @@ def test_log_n_one_shows_the_newest_only_and_an_empty_repository_says_so(marked_
     empty.mkdir()
     egds(empty, "init")
     assert egds(empty, "log").stdout == "No versions yet; run `egds snapshot`.\n"
+
+
+def test_status_of_another_cache_does_not_advise_a_snapshot_that_would_record_a_different_one(marked_up: Path) -> None:
+    root = marked_up
+    egds(root, "checkout", "v1", "--cache", "other")
+    write_cache(root / "other", make_chunks(29, months=3), make_embeddings(29), index={"n": 29})
+    text = egds(root, "status", "--cache", "other").stdout
+    assert "Run `egds snapshot` to record" not in text
+    assert "`egds snapshot` records the repository's own cache, not this one" in text
+    assert json.loads(egds(root, "status", "--cache", "other", "--json").stdout)["snapshot_refusal"] is None
