@@ -254,7 +254,9 @@ class Repository:
     # ---- cache stamps --------------------------------------------------------------------------
     # After a snapshot or checkout we record the blake3 of each cache file and the version it
     # equals. A later command whose cache files hash the same knows the cache content without
-    # parsing it (a content check, not a size/mtime guess).
+    # parsing it (a content check, not a size/mtime guess). The stamp also says which version the
+    # cache was last written as after its files changed: the revert rule (lineage.py) uses that, so
+    # losing a stamp only makes snapshot refuse less, never record something else.
 
     def _state_path(self) -> Path:
         return self.store.root / "state.json"
