@@ -231,3 +231,27 @@ def test_a_failed_stamp_write_is_reported_in_the_json_result(three_versions, mon
     monkeypatch.setattr(Repository, "set_cache_stamp", failing_disk)
     result = repo.snapshot("june")
     assert result.created and result.version == 4 and len(result.warnings) == 1
+
+
+# ---- the same rule where the older version came from elsewhere -------------------------------------------
+
+
+def test_a_clone_of_an_older_revision_is_not_recorded_as_the_latest(three_versions, tmp_path):
+    three_versions.remote_add("origin", str(tmp_path / "remote"))
+    three_versions.push("origin")
+    clone = Repository.clone(str(tmp_path / "remote"), tmp_path / "old-copy", rev="v1")
+    copy = Repository.open(clone.directory)
+    assert copy.status().holds == 1 and copy.status().relation == "older"
+    with pytest.raises(WouldRevert, match="holds v1"):
+        copy.snapshot("cron in the copy")
+
+
+def test_a_pull_that_moved_main_but_not_the_cache_is_not_recorded_as_a_revert(tmp_path):
+    # The old pull order (main first, then the checkout) killed between the two: main is v2, the cache v1.
+    origin, mine = pull_that_stopped_after_its_checkout(tmp_path)
+    mine.store.write_ref("main", origin.head())
+    mine.checkout("v1")  # the cache and its stamp as the pull found them
+    with pytest.raises(WouldRevert) as refused:
+        mine.snapshot("cron")
+    egds(mine.root, "checkout", "latest")  # the advice: finish by checking out the latest
+    assert "`egds checkout latest`" in str(refused.value) and mine.status().clean
