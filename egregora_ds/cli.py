@@ -2,11 +2,18 @@
 
 Errors: every `EgdsError` becomes one line on stderr and its exit code; anything else is a bug
 and is shown as one line too, unless EGDS_DEBUG=1 asks for the traceback.
+
+Output: every line goes through `_Lines`, which prints text exactly as given (user strings such as
+messages, tags, paths, remote names and URLs, model names and partition keys are never read as markup,
+emoji codes or wrapped to the terminal's width), except that control characters, lone surrogates and
+bidirectional-text controls are shown escaped (`\\n`, `\\x1b`, `\\u202e`): one record stays on one line and
+a hostile string cannot drive the terminal. `--json` output is exact.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,18 +21,57 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import msgspec
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from . import __version__
 from .errors import EgdsError, describe_os_error
-from .repo import DEFAULT_CACHE, DEFAULT_MODEL, Repository
+from .repo import CONFIG_KEYS, DEFAULT_CACHE, DEFAULT_MODEL, Repository
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Versioned, content-addressed embeddings datasets.")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 T = TypeVar("T")
+
+# Characters printed escaped: C0 and C1 controls, DEL, lone surrogates (argv decodes undecodable bytes to
+# them), line/paragraph separators and the bidirectional-text controls that can make text read backwards.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def printable(text: str) -> str:
+    """`text` as it is, except the characters above, written as Python escapes (`\\n`, `\\x1b`, `\\u202e`)."""
+    def escape(match: re.Match[str]) -> str:
+        c = match.group()
+        return _NAMED_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+    return _UNPRINTABLE.sub(escape, text)
+
+
+class _Lines:
+    """Writes one line per call, verbatim but for `printable`'s escapes. Never markup, never wrapped."""
+
+    def __init__(self, stream: str) -> None:
+        self._stream = stream
+
+    def print(self, text: object = "", **_ignored: Any) -> None:  # the keywords of rich's print, unused
+        self._write(printable(str(text)) + "\n")
+
+    def fields(self, *values: object, sep: str = "\t") -> None:
+        """One line of fields joined by `sep` (a tab for scripts), each escaped on its own."""
+        self._write(sep.join(printable(str(v)) for v in values) + "\n")
+
+    def _write(self, line: str) -> None:
+        stream = getattr(sys, self._stream)  # looked up per call: tests and MCP swap sys.stdout
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        try:
+            stream.write(line)
+        except UnicodeEncodeError:  # a terminal that cannot show some character: escape it too
+            stream.write(line.encode(encoding, "backslashreplace").decode(encoding))
+
+
+out = _Lines("stdout")
+err = _Lines("stderr")
+_progress_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Rev = Annotated[str, typer.Argument(help="latest, vN, N, a tag, an id prefix, REV~K or @YYYY-MM-DD[THH:MM].")]
@@ -80,8 +126,8 @@ class _RichProgress:
 
     def begin(self, description: str, total: int | None, unit: str = "items") -> None:
         amount = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), amount, TimeRemainingColumn(),
-                             console=err, transient=True, disable=not err.is_terminal)
+        self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), amount, TimeRemainingColumn(),
+                             console=_progress_console, transient=True, disable=not _progress_console.is_terminal)
         self._bar.start()
         self._task = self._bar.add_task(description, total=total)
 
@@ -125,7 +171,8 @@ def init(
 ) -> None:
     """Create a repository (.egds/) in the current directory."""
     repo = _run(lambda: Repository.init(state.directory, cache=cache, partitioning=partition, model=model))
-    out.print(f"Initialised egds repository in {repo.store.root} (cache {repo.config.cache}, {partition}ly partitions)")
+    out.print(f"Initialised egds repository in {repo.store.root} (cache {repo.config.cache}, {partition}ly partitions, "
+              f"model {repo.config.model})")
 
 
 @app.command()
@@ -133,13 +180,20 @@ def snapshot(
     message: Annotated[str, typer.Option("-m", "--message", help="What changed.")] = "",
     allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="Store NaN/Inf vectors as they are.")] = False,
     new_model: Annotated[bool, typer.Option("--new-model", help="Accept a dimension or model different from the parent's.")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", help="Model name for this version (with --new-model).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Model name for this version (with --new-model); it becomes the repository's default.")] = None,
+    revert: Annotated[bool, typer.Option(
+        "--revert", help="Record the cache even though it holds (or was checked out as) an older version, undoing "
+                         "later versions' changes.")] = False,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Record a cache that holds no chunks when the latest version has some.")] = False,
     json: JsonFlag = False,
 ) -> None:
     """Record the cache as a new version (only changed partitions are written)."""
     repo = _run(_repo)
     result = _run(lambda: repo.snapshot(message, allow_nonfinite=allow_nonfinite, new_model=new_model, model=model,
-                                        progress=_RichProgress()))
+                                        revert=revert, allow_empty=allow_empty, progress=_RichProgress()))
+    for warning in result.warnings:
+        err.print(f"egds: warning: {warning}")
     if json:
         return _print_json(result)
     if not result.created:
@@ -154,17 +208,19 @@ def snapshot(
 
 
 @app.command()
-def log(json: JsonFlag = False, limit: Annotated[Optional[int], typer.Option("-n", "--limit")] = None) -> None:
+def log(json: JsonFlag = False, limit: Annotated[Optional[int], typer.Option(
+        "-n", "--limit", help="Only the newest N versions (0: none).")] = None) -> None:
     """List versions, newest first."""
     entries = _run(lambda: _repo().log(limit))
     if json:
         return _print_json(entries)
-    table = Table("version", "id", "created (UTC)", "rows", "parts", "message", box=None)
-    for e in entries:
-        tags = f" [{', '.join(e.tags)}]" if e.tags else ""
-        table.add_row(f"v{e.version}", e.id[:12], e.created_at.strftime("%Y-%m-%d %H:%M:%S"), str(e.rows),
-                      str(e.partitions), e.message + tags)
-    out.print(table if entries else "No versions yet; run `egds snapshot`.")
+    if not entries:
+        if limit != 0:  # `-n 0` asks for nothing, like git log -n 0
+            out.print("No versions yet; run `egds snapshot`.")
+        return
+    rows = [[f"v{e.version}", e.id[:12], e.created_at.strftime("%Y-%m-%d %H:%M:%S"), str(e.rows), str(e.partitions),
+             ", ".join(e.tags) or "-", e.message] for e in entries]
+    _print_columns(["version", "id", "created (UTC)", "rows", "parts", "tags", "message"], rows)
 
 
 @app.command()
@@ -173,13 +229,13 @@ def show(rev: Rev = "latest", json: JsonFlag = False) -> None:
     manifest_id, m = _run(lambda: _repo().show(rev))
     if json:
         return _print_json({"id": manifest_id, "manifest": m})
-    out.print(f"v{m.version}  {manifest_id}\nparent   {m.parent or '-'}\ncreated  {m.created_at.isoformat()}\n"
-              f"message  {m.message}\nmodel    {m.model} (dim {m.dim}, {m.dtype})\nrows     {m.rows} in "
-              f"{len(m.partitions)} {m.partitioning} partitions")
-    table = Table("partition", "object", "rows", "size", "chunk ids", box=None)
-    for p in m.partitions:
-        table.add_row(p.key, p.object[:12], str(p.rows), _size(p.bytes), f"{p.min_chunk_id}..{p.max_chunk_id}")
-    out.print(table)
+    for line in (f"v{m.version}  {manifest_id}", f"parent   {m.parent or '-'}", f"created  {m.created_at.isoformat()}",
+                 f"message  {m.message}", f"model    {m.model} (dim {m.dim}, {m.dtype})",
+                 f"rows     {m.rows} in {len(m.partitions)} {m.partitioning} partitions"):
+        out.print(line)
+    _print_columns(["partition", "object", "rows", "size", "chunk ids"],
+                   [[p.key, p.object[:12], str(p.rows), _size(p.bytes), f"{p.min_chunk_id}..{p.max_chunk_id}"]
+                    for p in m.partitions])
 
 
 @app.command()
@@ -207,6 +263,10 @@ def checkout(
         out.print(f"{result.cache} already holds v{result.version}.")
     else:
         out.print(f"Checked out v{result.version} ({result.id[:12]}) into {result.cache}: {result.rows} rows")
+    head = _run(repo.head)
+    if Path(result.cache) == repo.cache_path and head is not None and result.id != head:
+        out.print(f"The cache now holds v{result.version}, not the latest version: `egds checkout latest` returns to it, "
+                  "and a snapshot refuses to record it unless you pass --revert.")
 
 
 @app.command()
@@ -219,6 +279,11 @@ def status(cache: CacheOpt = None, json: JsonFlag = False) -> None:
     if result.clean:
         out.print(f"Cache {result.cache} matches {where}; nothing to snapshot.")
         return
+    if result.holds is not None and result.relation != "latest":
+        out.print(f"Cache {result.cache} holds v{result.holds} ({result.holds_id[:12]}), {_relation(result)}.")  # type: ignore[index]
+    elif result.based_on is not None and result.relation != "latest":
+        out.print(f"Cache {result.cache} was checked out as v{result.based_on} ({result.based_on_id[:12]}), "  # type: ignore[index]
+                  f"{_relation(result)}, and changed since.")
     out.print(f"Cache {result.cache} against {where}:")
     p = result.partitions
     for label, keys in (("changed", p.changed), ("added", p.added), ("removed", p.removed)):
@@ -230,7 +295,13 @@ def status(cache: CacheOpt = None, json: JsonFlag = False) -> None:
             out.print(f"  {label}")
     if result.partial:
         out.print(f"  partial checkout: the cache holds only {', '.join(result.partial)}")
-    out.print(f"  unchanged {len(p.unchanged)} partitions. Run `egds snapshot` to record.")
+    if result.snapshot_refusal is not None:
+        out.print(f"  unchanged {len(p.unchanged)} partitions. A snapshot would be refused: {result.snapshot_refusal}")
+    elif cache is not None and Path(result.cache) != _run(_repo).cache_path:
+        out.print(f"  unchanged {len(p.unchanged)} partitions. (`egds snapshot` records the repository's own cache, "
+                  "not this one: `egds config cache PATH` sets which one that is.)")
+    else:
+        out.print(f"  unchanged {len(p.unchanged)} partitions. Run `egds snapshot` to record.")
 
 
 @app.command()
@@ -242,13 +313,27 @@ def diff(a: Rev, b: Rev = "latest", ids: Annotated[bool, typer.Option("--ids", h
         return _print_json(result)
     p, c = result.partitions, result.chunks
     out.print(f"{a} ({result.a[:12]}) -> {b} ({result.b[:12]})")
-    out.print(f"partitions: {len(p.added)} added {p.added or ''}, {len(p.removed)} removed {p.removed or ''}, "
-              f"{len(p.changed)} changed {p.changed or ''}")
-    out.print(f"chunks: {c.added} added, {c.removed} removed, {c.text_changed} text changed, "
-              f"{c.embedding_changed} embedding changed")
+    out.print(f"partitions: {len(p.added)} added{_keys(p.added)}, {len(p.removed)} removed{_keys(p.removed)}, "
+              f"{len(p.changed)} changed{_keys(p.changed)}")
+    out.print(f"chunks: {c.added} added, {c.removed} removed, {c.changed} changed ({c.text_changed} text changed, "
+              f"{c.embedding_changed} embedding changed, {c.moved} moved to another partition)")
+    others = {name: n for name, n in c.fields.items() if name not in ("text", "embedding")}
+    if others:
+        out.print("fields changed: " + ", ".join(f"{name} {n}" for name, n in others.items()))
+    flags = [label for flag, label in ((result.model_changed, "model, dimension or dtype"),
+                                       (result.index_changed, "index.json"), (result.extras_changed, "extra keys"),
+                                       (result.order_changed, "row order")) if flag]
+    if flags:
+        out.print(f"also changed: {', '.join(flags)}")
     if result.ids is not None:
-        for field in ("added", "removed", "text_changed", "embedding_changed"):
-            out.print(f"  {field}: {getattr(result.ids, field)}")
+        ids = result.ids
+        for label, values in (("added", ids.added), ("removed", ids.removed), ("changed", ids.changed),
+                              ("moved", ids.moved), *((f"{name} changed", v) for name, v in ids.fields.items())):
+            out.print(f"  {label}: {' '.join(map(str, values)) or '-'}")
+
+
+def _keys(keys: list[str]) -> str:
+    return f" ({', '.join(keys)})" if keys else ""
 
 
 @app.command()
@@ -282,6 +367,41 @@ def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what w
               f"{len(result.temp_files)} temp files ({_size(result.bytes_freed)})")
 
 
+@app.command("config")
+def config_command(
+    key: Annotated[Optional[str], typer.Argument(help=f"One of: {', '.join(CONFIG_KEYS)}.")] = None,
+    value: Annotated[Optional[str], typer.Argument(help="Set KEY to VALUE (cache: a path; model: a name).")] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Show the settings, show one, or set one (cache, model); partitioning and format are fixed at init."""
+    repo = _run(_repo)
+    if key is None:
+        items = repo.config_items()
+        if json:
+            return _print_json(items)
+        for name, setting in items.items():
+            out.print(f"{name} = {setting}")
+        return
+    if value is None:
+        result = _run(lambda: repo.config_get(key))
+        if json:
+            return _print_json(result)
+        out.print(result.value)
+        return
+    if key == "cache":  # like --cache: relative to -C DIR (the API takes it relative to the repository root)
+        value = str((state.directory / value).resolve())
+    result = _run(lambda: repo.config_set(key, value))
+    if json:
+        return _print_json(result)
+    out.print(f"Set {result.key} to {result.value} (was {result.previous}).")
+    head = _run(repo.head)
+    if key == "model" and head is not None:
+        latest = _run(lambda: repo.manifest(head))
+        if latest.model != result.value:
+            out.print(f"v{latest.version} was recorded with model {latest.model}: the next snapshot records the change "
+                      f"only with --new-model (`egds snapshot --new-model`).")
+
+
 remote_app = typer.Typer(no_args_is_help=True, help="Manage remotes: directories or Internet Archive items.")
 app.add_typer(remote_app, name="remote")
 
@@ -307,7 +427,7 @@ def remote_list(json: JsonFlag = False) -> None:
     if json:
         return _print_json(remotes)
     for name, config in remotes.items():
-        out.print(f"{name}\t{config.url}", markup=False)
+        out.fields(name, config.url)
 
 
 @remote_app.command("remove")
@@ -388,6 +508,24 @@ def mcp_command(
     from . import mcp_server  # the MCP SDK is imported only by this command
 
     _run(lambda: mcp_server.serve(state.directory / directory if directory is not None else state.directory))
+
+
+def _print_columns(headers: list[str], rows: list[list[str]]) -> None:
+    """Left-aligned columns two spaces apart, the last one unpadded: never wrapped or cut to the terminal's
+    width (a pipe or a narrow window must not lose a message)."""
+    cells = [[printable(c) for c in row] for row in [headers, *rows]]
+    widths = [max(cell_len(row[i]) for row in cells) for i in range(len(headers) - 1)]
+    for row in cells:
+        out.print("  ".join([c + " " * (w - cell_len(c)) for c, w in zip(row, widths)] + [row[-1]]).rstrip())
+
+
+def _relation(result: Any) -> str:
+    """How the version a status names stands to the latest one, in words."""
+    if result.relation == "older":
+        return f"an older version than the latest v{result.version}"
+    if result.relation == "newer":
+        return f"a version main (v{result.version}) has not reached yet"
+    return f"a version outside main's history (latest v{result.version})"
 
 
 def _size(n: int) -> str:

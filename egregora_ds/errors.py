@@ -82,3 +82,15 @@ def describe_os_error(exc: OSError) -> str:
         f"{what}{where}; {advice}. Writes are atomic and ordered, so nothing is half-written "
         "(`egds verify` checks the repository)"
     )
+
+
+class WouldRevert(UsageError):
+    """A snapshot would record an older version's content as the latest, undoing later versions."""
+
+
+class CacheAhead(UsageError):
+    """The cache holds a version that `main` has not reached yet (a pull stopped after its checkout)."""
+
+
+class EmptyCache(UsageError):
+    """The cache holds no chunks; recording it would make the latest version empty."""

@@ -44,7 +44,16 @@ from .model import Manifest
 from .progress import NO_PROGRESS, Progress
 from .remotes import RemoteConfig
 from .repo import Repository
-from .results import CheckoutResult, DiffResult, GcResult, LogEntry, SnapshotResult, StatusResult, VerifyReport
+from .results import (
+    CheckoutResult,
+    ConfigSetting,
+    DiffResult,
+    GcResult,
+    LogEntry,
+    SnapshotResult,
+    StatusResult,
+    VerifyReport,
+)
 from .clone import CloneResult, PullResult
 from .push import PushResult, remote_card
 
@@ -95,7 +104,7 @@ class StatusArgs(_Args):
 
 
 class LogArgs(_Args):
-    limit: _described(Annotated[int, msgspec.Meta(ge=1)] | None, "Only the newest LIMIT versions.") = None
+    limit: _described(Annotated[int, msgspec.Meta(ge=0)] | None, "Only the newest LIMIT versions (0: none).") = None
 
 
 class ShowArgs(_Args):
@@ -112,7 +121,23 @@ class SnapshotArgs(_Args):
     message: _described(str, "What changed, recorded in the version.") = ""
     allow_nonfinite: _described(bool, "Store NaN/Inf vectors as they are instead of refusing them.") = False
     new_model: _described(bool, "Accept a dimension or model different from the previous version's.") = False
-    model: _described(str | None, "Model name for this version (only with new_model).") = None
+    model: _described(
+        str | None, "Model name for this version (only with new_model); it becomes the repository's default."
+    ) = None
+    revert: _described(
+        bool, "Record the cache even though it holds (or was checked out as) an older version, undoing the later "
+        "versions' changes. Without it such a snapshot is refused (see status: would_undo, snapshot_refusal)."
+    ) = False
+    allow_empty: _described(bool, "Record a cache that holds no chunks when the latest version has some (refused otherwise).") = False
+
+
+class ConfigArgs(_Args):
+    key: _described(str | None, "One setting (cache, model, partitioning, format); omit for all of them.") = None
+
+
+class ConfigSetArgs(_Args):
+    key: _described(str, "cache (a path, relative to the project directory) or model (the name new versions record).")
+    value: _described(str, "The new value.")
 
 
 class CheckoutArgs(_Args):
@@ -238,8 +263,11 @@ def _tool(
 @_tool("status", "Cache status", StatusArgs, StatusResult, read_only=True)
 def _status(call: _Call, a: StatusArgs) -> StatusResult:
     """Compare the pipeline's cache with the latest version, partition by partition. Use it before
-    `snapshot` (is there anything to record?) and before `checkout` or `pull` (would they overwrite
-    unsaved work? `clean: false` means yes). Changes nothing."""
+    `snapshot` (is there anything to record? `snapshot_refusal` says why a snapshot would be refused) and
+    before `checkout` or `pull` (would they overwrite unsaved work? `clean: false` means the cache differs
+    from the latest version; `holds` names the recorded version it equals, if any). When the cache holds or
+    was checked out as an older version (`relation: older`), `would_undo` lists what a snapshot would put
+    back. Changes nothing."""
     return call.repo().status(call.path(a.cache))
 
 
@@ -261,8 +289,10 @@ def _show(call: _Call, a: ShowArgs) -> ShowOutput:
 @_tool("diff", "Compare two versions", DiffArgs, DiffResult, read_only=True)
 def _diff(call: _Call, a: DiffArgs) -> DiffResult:
     """What changed from version `a` to version `b`: partitions added, removed or changed, and chunks
-    added, removed, with changed text or changed embedding (with ids=true, their chunk ids). Changes
-    nothing."""
+    added, removed or changed, with every changed field counted (`chunks.fields`: text, embedding,
+    newsletter_date, newsletter_path, section_title, char_count, chunk_index_in_newsletter, any other field)
+    and `moved` for chunks whose date moved them to another partition (with ids=true, their chunk ids).
+    Changes nothing."""
     return call.repo().diff(a.a, a.b, ids=a.ids)
 
 
@@ -270,10 +300,12 @@ def _diff(call: _Call, a: DiffArgs) -> DiffResult:
 def _snapshot(call: _Call, a: SnapshotArgs) -> SnapshotResult:
     """Record the pipeline's cache as a new version (only changed partitions are written). Adds to the
     history and never deletes or modifies anything; when the cache equals the latest version no version
-    is created (`created: false`). Refuses NaN/Inf vectors and a changed model or dimension unless
-    allow_nonfinite / new_model say so. Reports progress."""
+    is created (`created: false`). Refuses NaN/Inf vectors, a changed model or dimension, a cache that
+    holds or was checked out as an older version (it would undo later versions) and an empty cache, unless
+    allow_nonfinite / new_model / revert / allow_empty say so. A new model becomes the repository's default.
+    Reports progress."""
     return call.repo().snapshot(a.message, allow_nonfinite=a.allow_nonfinite, new_model=a.new_model,
-                                model=a.model, progress=call.progress)
+                                model=a.model, revert=a.revert, allow_empty=a.allow_empty, progress=call.progress)
 
 
 @_tool("checkout", "Restore a version into the cache", CheckoutArgs, CheckoutResult, destructive=True,
@@ -327,6 +359,26 @@ def _gc(call: _Call, a: GcArgs) -> GcResult:
     """DESTRUCTIVE: delete stored objects and manifests that no version or tag reaches, and leftover
     temporary files, to free disk space. Recorded versions are kept. dry_run=true only lists them."""
     return call.repo().gc(dry_run=a.dry_run)
+
+
+@_tool("config", "Show settings", ConfigArgs, dict[str, str | int], read_only=True)
+def _config(call: _Call, a: ConfigArgs) -> dict[str, str | int]:
+    """The repository's settings (`egds config`): cache (the pipeline's cache directory), model (the name
+    new versions record), partitioning and format (fixed at init); with `key`, only that one. Changes
+    nothing."""
+    repo = call.repo()
+    if a.key is None:
+        return repo.config_items()
+    setting = repo.config_get(a.key)
+    return {setting.key: setting.value}
+
+
+@_tool("config_set", "Change a setting", ConfigSetArgs, ConfigSetting)
+def _config_set(call: _Call, a: ConfigSetArgs) -> ConfigSetting:
+    """Change the cache directory or the default model name (`egds config KEY VALUE`); returns the new and
+    the previous value. partitioning and format are fixed at init and refused."""
+    value = str(call.directory / a.value) if a.key == "cache" else a.value
+    return call.repo().config_set(a.key, value)
 
 
 @_tool("remote_list", "List remotes", NoArgs, dict[str, RemoteConfig], read_only=True)

@@ -120,7 +120,7 @@ def _check_format(data: bytes, where: str, advice: str = "run `egds verify`") ->
     if probe.format > FORMAT_VERSION:
         raise FormatTooNew(
             f"{where} uses format {probe.format}, newer than this egds understands ({FORMAT_VERSION}); "
-            "upgrade egds (pip install -U egregora-ds)"
+            f"use an egds that reads format {probe.format} (upgrade it from its source)"
         )
     if probe.format < 1:
         raise CorruptObject(f"{where} has invalid format {probe.format}")

@@ -12,11 +12,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from .atomic import atomic_write_bytes
 from .errors import CorruptObject, NotARepository, RepositoryExists, RevisionError, UsageError
 from .model import FORMAT_VERSION, PARTITIONINGS, Config, Manifest, decode_config, decode_manifest, encode_config
 from .progress import NO_PROGRESS, Progress
-from .results import LogEntry, TagResult
+from .results import ConfigSetting, LogEntry, TagResult
 from .revisions import check_tag_name, history, resolve_version
 from .remotes import RemoteConfig, RemoteRegistry, normalise_url
 from .store.local import LocalStore
@@ -30,6 +32,27 @@ REPO_DIR = ".egds"
 MAIN_REF = "main"
 DEFAULT_CACHE = "cache/rag"
 DEFAULT_MODEL = "models/text-embedding-004"
+
+
+#: What `egds config` lists. `cache` and `model` may be changed; the others are fixed at init.
+CONFIG_KEYS = ("cache", "model", "partitioning", "format")
+_FIXED_SETTINGS = {
+    "partitioning": "partitioning is fixed at init: every version's partitions are keyed by it, so a new one would "
+    "make every partition of the next version look changed; to use another, run `egds init --partition KIND` "
+    "in a new directory and snapshot the cache there",
+    "format": "format is the repository's format version, which egds itself writes; it cannot be set",
+}
+
+
+def _stored_cache_path(root: Path, cache: str | Path) -> str:
+    """The cache path as config.json stores it: relative to the repository root when it is inside it."""
+    cache_path = Path(cache)
+    if cache_path.is_absolute():
+        try:
+            cache_path = cache_path.resolve().relative_to(root)
+        except ValueError:
+            pass
+    return cache_path.as_posix()
 
 
 _TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,99}")
@@ -87,13 +110,8 @@ class Repository:
             raise UsageError(f"unknown partitioning {partitioning!r}; use month, quarter or year")
         if not model.strip():
             raise UsageError("--model must not be empty")
-        cache_path = Path(cache)
-        if cache_path.is_absolute():
-            try:
-                cache_path = cache_path.resolve().relative_to(root)
-            except ValueError:
-                pass
-        config = Config(format=FORMAT_VERSION, cache=cache_path.as_posix(), partitioning=partitioning, model=model)
+        check_text(model, "--model", single_line=True)
+        config = Config(format=FORMAT_VERSION, cache=_stored_cache_path(root, cache), partitioning=partitioning, model=model)
         repo = cls(root, config)
         repo.store.create_layout()
         atomic_write_bytes(repo.store.root / "config.json", encode_config(config))
@@ -126,6 +144,39 @@ class Repository:
 
     def resolve_cache(self, cache: str | Path | None) -> Path:
         return self.cache_path if cache is None else Path(cache).resolve()
+
+    # ---- settings ------------------------------------------------------------------------------
+
+    def config_items(self) -> dict[str, str | int]:
+        """Every setting of config.json, in CONFIG_KEYS order."""
+        return {key: getattr(self.config, key) for key in CONFIG_KEYS}
+
+    def config_get(self, key: str) -> ConfigSetting:
+        _check_config_key(key)
+        return ConfigSetting(key, getattr(self.config, key))
+
+    def config_set(self, key: str, value: str) -> ConfigSetting:
+        """Change `cache` (relative to the repository root unless absolute) or `model` (the name recorded
+        in new versions); config.json is replaced atomically, under the write lock."""
+        _check_config_key(key)
+        if key in _FIXED_SETTINGS:
+            raise UsageError(_FIXED_SETTINGS[key])
+        if not value.strip():
+            raise UsageError(f"{key} must not be empty")
+        check_text(value, key, single_line=True)
+        stored = _stored_cache_path(self.root, value) if key == "cache" else value
+        with self.store.locked():
+            previous = self.update_config(**{key: stored})
+        return ConfigSetting(key, stored, previous[key])
+
+    def update_config(self, **changes: str) -> dict[str, str | int]:
+        """Replace config.json with `changes` applied (atomically) and return the previous settings.
+        The caller holds the write lock; the file is re-read under it, so a concurrent change is kept."""
+        path = self.store.root / "config.json"
+        current = decode_config(path.read_bytes(), str(path))
+        atomic_write_bytes(path, encode_config(msgspec.structs.replace(current, **changes)))
+        self.config = decode_config(path.read_bytes(), str(path))
+        return {key: getattr(current, key) for key in CONFIG_KEYS}
 
     # ---- history -------------------------------------------------------------------------------
 
@@ -163,6 +214,9 @@ class Repository:
         return manifest_id, self.manifest(manifest_id)
 
     def log(self, limit: int | None = None) -> list[LogEntry]:
+        """The newest `limit` versions (all when None; none for 0, like `git log -n 0`)."""
+        if limit is not None and limit < 0:
+            raise UsageError(f"-n/--limit must be 0 or more, not {limit}")
         by_id: dict[str, list[str]] = {}
         for name, target in self.tags().items():
             by_id.setdefault(target, []).append(name)
@@ -200,7 +254,9 @@ class Repository:
     # ---- cache stamps --------------------------------------------------------------------------
     # After a snapshot or checkout we record the blake3 of each cache file and the version it
     # equals. A later command whose cache files hash the same knows the cache content without
-    # parsing it (a content check, not a size/mtime guess).
+    # parsing it (a content check, not a size/mtime guess). The stamp also says which version the
+    # cache was last written as after its files changed: the revert rule (lineage.py) uses that, so
+    # losing a stamp only makes snapshot refuse less, never record something else.
 
     def _state_path(self) -> Path:
         return self.store.root / "state.json"
@@ -232,6 +288,13 @@ class Repository:
         except (KeyError, TypeError):
             return None
 
+    def cache_written_as(self, cache: Path) -> tuple[str, dict[str, str | None]] | None:
+        """(version id, file digests) the cache was last written as, whole or partial (see lineage.py)."""
+        entry = self._cache_entry(cache)
+        if entry is None or not isinstance(entry.get("manifest"), str) or not isinstance(entry.get("digests"), dict):
+            return None
+        return entry["manifest"], entry["digests"]
+
     def partial_partitions(self, cache: Path) -> set[str] | None:
         stamp = self.partial_stamp(cache)
         return None if stamp is None else set(stamp[1])
@@ -257,11 +320,16 @@ class Repository:
         allow_nonfinite: bool = False,
         new_model: bool = False,
         model: str | None = None,
+        revert: bool = False,
+        allow_empty: bool = False,
         progress: Progress = NO_PROGRESS,
     ) -> SnapshotResult:
+        """Record the cache as a new version. `revert` allows recording content that undoes later versions
+        (the cache holds or was checked out as an older version); `allow_empty` a cache with no chunks."""
         from .snapshot import snapshot
 
-        return snapshot(self, message, allow_nonfinite=allow_nonfinite, new_model=new_model, model=model, progress=progress)
+        return snapshot(self, message, allow_nonfinite=allow_nonfinite, new_model=new_model, model=model,
+                        revert=revert, allow_empty=allow_empty, progress=progress)
 
     def checkout(
         self,
@@ -344,3 +412,22 @@ class Repository:
 
         return clone(url, Path(directory) if directory is not None else None, rev=rev, partitions=partitions,
                      progress=progress, base=Path(base).resolve() if base is not None else None)
+
+
+def check_text(value: str, what: str, *, single_line: bool) -> None:
+    """Text egds records (a message, a model name, a setting) must be UTF-8 text: argv turns bytes that are
+    not UTF-8 into lone surrogates, which no JSON file can hold. A name is also one printable line."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(
+            f"{what} is not valid UTF-8 text (a byte that is not UTF-8 at position {exc.start}: {value!r}); "
+            "write it in UTF-8"
+        ) from None
+    if single_line and any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise UsageError(f"{what} must not contain control characters (newlines, tabs, escapes): {value!r}")
+
+
+def _check_config_key(key: str) -> None:
+    if key not in CONFIG_KEYS:
+        raise UsageError(f"unknown setting {key!r}; the settings are {', '.join(CONFIG_KEYS)} (`egds config` lists them)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -12,11 +13,13 @@ import pyarrow as pa
 
 from . import __version__
 from .cache import CacheContents, encode_json, file_digests, read_cache
-from .errors import ModelChanged, UsageError
+from .errors import CacheError, EmptyCache, ModelChanged, UsageError
 from .ids import JSON, PARQUET, hash_bytes
+from .lineage import LATEST, NEWER, OLDER, OTHER, CacheContent, content_base, newer_error, revert_error, stamped_base, undone
 from .model import FORMAT_VERSION, Manifest, PartitionEntry, encode_manifest
 from .parquet_io import encode_partition
 from .progress import NO_PROGRESS, Progress
+from .repo import check_text
 from .results import PartitionCounts, SnapshotResult
 from .table import CacheLayout, PartitionedCache, PartitionTable, lay_out_cache, partition_cache
 
@@ -68,23 +71,46 @@ def snapshot(
     new_model: bool,
     model: str | None,
     progress: Progress,
+    revert: bool = False,
+    allow_empty: bool = False,
 ) -> SnapshotResult:
+    """Record the cache as a new version. Refuses, before writing anything: a cache that would undo later
+    versions (lineage.py, unless `revert`), one based on a version main has not reached, an empty cache
+    (unless `allow_empty`), a partial checkout, and a model or dimension change not asked for."""
     cache_path = repo.cache_path
+    explicit_model = model is not None
+    check_text(message, "the message", single_line=False)
+    if model is not None:
+        if not model.strip():
+            raise UsageError("--model must not be empty; leave it out to use the repository's model (`egds config model`)")
+        check_text(model, "--model", single_line=True)
     model = model or repo.config.model
     with repo.store.locked():
         head = repo.head()
         parent = repo.manifest(head) if head else None
+        require_cache_directory(repo, cache_path)
+        digests = file_digests(cache_path)
         # Fast no-op: the cache files hash exactly as they did when they were recorded as `head`.
         stamp = repo.cache_stamp(cache_path)
         if parent is not None and stamp is not None and stamp[0] == head and parent.model == model:
-            if file_digests(cache_path) == stamp[1]:
+            if digests == stamp[1]:
                 return _unchanged(head, parent, message)
+        base = stamped_base(repo, cache_path, digests) if parent is not None else None
+        if base is not None and base.relation == NEWER:
+            raise newer_error(repo, base, cache_path)
+        if base is not None and base.exact and base.relation != LATEST and not revert:
+            # Still exactly an older version: refuse without reading the cache.
+            lost = undone(base.manifest, parent, CacheContent.of_manifest(base.manifest))  # type: ignore[arg-type]
+            if lost:
+                raise revert_error(base, parent, lost, cache_path)  # type: ignore[arg-type]
 
         contents = read_cache(cache_path)
         layout = lay_out_cache(contents, repo.config.partitioning, allow_nonfinite)
+        if layout.rows == 0 and parent is not None and parent.rows > 0 and not allow_empty:
+            raise empty_cache_error(cache_path, parent)
         _refuse_partial_cache(repo, cache_path, layout.keys)
         if parent is not None:
-            _check_model(parent, model, layout.dim, new_model)
+            _check_model(parent, model, layout.dim, new_model, explicit_model)
         extras_bytes = encode_extras(contents)
         extras_id = hash_bytes(extras_bytes) if extras_bytes is not None else None
         index_id = hash_bytes(contents.index_bytes) if contents.index_bytes is not None else None
@@ -95,9 +121,18 @@ def snapshot(
         writer = _PartitionWriter(repo, _known_partitions(repo), unchanged_content, progress)
         built = writer.write_new(layout)
         fingerprint = Fingerprint.of_cache(layout, built, extras_id, index_id)
+        warnings: list[str] = []
         if parent is not None and parent.model == model and Fingerprint.of_manifest(parent) == fingerprint:
-            repo.set_cache_stamp(cache_path, head, contents.digests)  # type: ignore[arg-type]
-            return _unchanged(head, parent, message)  # type: ignore[arg-type]
+            _stamp(repo, cache_path, head, contents.digests, warnings)  # type: ignore[arg-type]
+            return _unchanged(head, parent, message, warnings)  # type: ignore[arg-type]
+        if parent is not None and not revert:
+            if base is None:  # no stamp says what the cache was written as: its content decides
+                base = content_base(repo, repo.history(), lambda m: Fingerprint.of_manifest(m) == fingerprint)
+            if base is not None and base.relation in (OLDER, OTHER):
+                mine = CacheContent({b.key: b.content_hash for b in built}, layout.row_order, extras_id, index_id)
+                lost = undone(base.manifest, parent, mine)
+                if lost or not base.exact:
+                    raise revert_error(base, parent, lost, cache_path)
         writer.write_deferred()
         entries = writer.entries(built)
         written, bytes_written = len(writer.written), sum(size for _, size in writer.written.values())
@@ -126,7 +161,11 @@ def snapshot(
         # Objects are durable before the manifest names them, and the manifest before the ref.
         manifest_id = repo.store.put_manifest(encode_manifest(manifest))
         repo.store.write_ref("main", manifest_id)
-        repo.set_cache_stamp(cache_path, manifest_id, contents.digests)
+        # The version is recorded. What follows only keeps later commands right and fast: a failure
+        # here is reported as a warning, never as "nothing was recorded".
+        if model != repo.config.model:
+            _follow_model(repo, manifest, warnings)
+        _stamp(repo, cache_path, manifest_id, contents.digests, warnings)
     return SnapshotResult(
         version=manifest.version,
         id=manifest_id,
@@ -135,10 +174,52 @@ def snapshot(
         partitions=PartitionCounts(written=written, reused=len(entries) - written),
         bytes_written=bytes_written,
         message=message,
+        warnings=warnings,
     )
 
 
-def _unchanged(head: str, parent: Manifest, message: str) -> SnapshotResult:
+def require_cache_directory(repo: Repository, cache_path: Path) -> None:
+    if not cache_path.is_dir():
+        raise CacheError(
+            f"cache directory {cache_path} does not exist; run the pipeline to create it, or point egds at the "
+            f"pipeline's cache: `egds config cache PATH` (now {repo.config.cache!r})"
+        )
+
+
+def empty_cache_error(cache_path: Path, parent: Manifest) -> EmptyCache:
+    """Why a cache emptied since the latest version is not recorded without `--allow-empty`."""
+    return EmptyCache(
+        f"the cache at {cache_path} holds no chunks, but v{parent.version} has {parent.rows} rows: recording it would "
+        f"make the latest version empty. If the pipeline emptied it on purpose, run `egds snapshot --allow-empty`; "
+        f"to restore v{parent.version}, run `egds checkout latest --force`"
+    )
+
+
+def _follow_model(repo: Repository, manifest: Manifest, warnings: list[str]) -> None:
+    """A version recorded with another model makes it the repository's default, so the next plain
+    snapshot records the same name (not the old one with the new dimension)."""
+    try:
+        repo.update_config(model=manifest.model)
+    except OSError as exc:
+        warnings.append(
+            f"recorded v{manifest.version} with model {manifest.model!r}, but could not make it the default in "
+            f"config.json ({exc.strerror or type(exc).__name__}); run `egds config model {shlex.quote(manifest.model)}` before the next snapshot"
+        )
+
+
+def _stamp(repo: Repository, cache: Path, manifest_id: str, digests: dict[str, str | None], warnings: list[str]) -> None:
+    """The stamp only saves later commands from re-reading the cache: losing it loses nothing."""
+    try:
+        repo.set_cache_stamp(cache, manifest_id, digests)
+    except OSError as exc:
+        what = exc.strerror or type(exc).__name__
+        warnings.append(
+            f"could not write the cache stamp {repo.store.root / 'state.json'} ({what}); nothing is lost: the next "
+            "status or snapshot re-reads the cache instead (slower) until a snapshot or checkout writes it"
+        )
+
+
+def _unchanged(head: str, parent: Manifest, message: str, warnings: list[str] | None = None) -> SnapshotResult:
     return SnapshotResult(
         version=parent.version,
         id=head,
@@ -147,6 +228,7 @@ def _unchanged(head: str, parent: Manifest, message: str) -> SnapshotResult:
         partitions=PartitionCounts(written=0, reused=len(parent.partitions)),
         bytes_written=0,
         message=message,
+        warnings=warnings or [],
     )
 
 
@@ -166,17 +248,31 @@ def _refuse_partial_cache(repo: Repository, cache_path: Path, keys: list[str]) -
         )
 
 
-def _check_model(parent: Manifest, model: str, dim: int, new_model: bool) -> None:
-    if new_model:
-        return
+def _check_model(parent: Manifest, model: str, dim: int, new_model: bool, explicit_model: bool) -> None:
+    """A dimension or model name different from the parent's is recorded only when asked for, and a new
+    dimension never under the parent's model name unless that name is given explicitly."""
     if dim != parent.dim:
+        if not new_model:
+            raise ModelChanged(
+                f"embeddings have dimension {dim} but v{parent.version} has {parent.dim} (model {parent.model!r}); "
+                "if the embedding model changed, run `egds snapshot --new-model --model NAME` with the new model's name"
+            )
+        if not explicit_model and model == parent.model:
+            raise ModelChanged(
+                f"the dimension changes from {parent.dim} to {dim} but the model name would stay {model!r}; name the "
+                f"model of these embeddings: `egds snapshot --new-model --model NAME` (`--model {shlex.quote(model)}` if it is the "
+                "same model at a new dimension)"
+            )
+    elif model != parent.model and not new_model:
+        if explicit_model:
+            raise ModelChanged(
+                f"model {model!r} differs from v{parent.version}'s {parent.model!r}; to record the change run "
+                f"`egds snapshot --new-model --model {shlex.quote(model)}`"
+            )
         raise ModelChanged(
-            f"embeddings have dimension {dim} but version {parent.version} has {parent.dim}; "
-            "if the embedding model changed, snapshot with --new-model (and --model NAME)"
-        )
-    if model != parent.model:
-        raise ModelChanged(
-            f"model {model!r} differs from version {parent.version}'s {parent.model!r}; pass --new-model to record the change"
+            f"the repository's model {model!r} (config.json) differs from v{parent.version}'s {parent.model!r}: if "
+            f"the embedding model changed, run `egds snapshot --new-model`; if not, run `egds config model "
+            f"{shlex.quote(parent.model)}`"
         )
 
 

@@ -2,10 +2,24 @@
 # The main job end to end on sample data: make a realistic pickle cache, record it, change it,
 # record again, rebuild version 1 elsewhere and prove it is identical to the original.
 # Usage: scripts/demo.sh [WORKDIR]   (default: demo-out/; egds and python must be on PATH)
+# WORKDIR must not exist, be empty, or be one an earlier run made; the script only ever deletes what it
+# created (the entries listed in `made`, inside a directory that holds its marker file), nothing else.
 set -euo pipefail
 work=${1:-demo-out}
-rm -rf "$work"
+marker=.egds-demo
+made=(.egds cache original-v1 restored-v1 remote clone "$marker")
+if [ -e "$work" ] || [ -L "$work" ]; then
+    if [ -d "$work" ] && [ ! -L "$work" ] && [ -f "$work/$marker" ]; then
+        for entry in "${made[@]}"; do rm -rf "${work:?}/$entry"; done   # an earlier run's own files
+    elif [ -d "$work" ] && [ ! -L "$work" ] && [ -z "$(ls -A "$work")" ]; then
+        :   # an empty directory: used as it is
+    else
+        echo "demo.sh: $work exists and was not made by this script; nothing was removed: give a new or empty directory" >&2
+        exit 2
+    fi
+fi
 mkdir -p "$work"
+touch "$work/$marker"
 cd "$work"
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }

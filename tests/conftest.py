@@ -302,3 +302,14 @@ def remote_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: 
     """Each backend in turn: a directory under tmp_path, an IA item on a fresh emulator, a memory remote."""
     emu = request.getfixturevalue("ia_env") if request.param == "ia" else None
     return make_backend(request.param, tmp_path, monkeypatch, emu)
+
+
+# ---- helpers added for the advice tests (every `egds ...` a message suggests must run as written) -------
+
+
+def advised_commands(message: str) -> list[list[str]]:
+    """The `egds ...` commands a message suggests in backticks, as argument lists (without `egds`)."""
+    import re
+    import shlex
+
+    return [shlex.split(command)[1:] for command in re.findall(r"`(egds [^`]*)`", message)]

@@ -171,9 +171,11 @@ def test_diff_json_has_partition_and_chunk_changes(two_versions):
     assert set(diff["chunks"]) >= {"added", "removed", "text_changed", "embedding_changed"}
     assert diff["partitions"]["added"] == ["2024-07"] and diff["partitions"]["removed"] == []
     assert diff["partitions"]["changed"] == ["2024-02", "2024-03"]
-    assert diff["chunks"] == {"added": 5, "removed": 0, "text_changed": 1, "embedding_changed": 1}
+    assert diff["chunks"] == {"added": 5, "removed": 0, "text_changed": 1, "embedding_changed": 1, "changed": 2,
+                              "moved": 0, "fields": {"text": 1, "embedding": 1}}
     ids = egds_json(two_versions, "diff", "v1", "v2", "--ids")["ids"]
-    assert ids == {"added": [100, 101, 102, 103, 104], "removed": [], "text_changed": [10], "embedding_changed": [20]}
+    assert ids == {"added": [100, 101, 102, 103, 104], "removed": [], "text_changed": [10], "embedding_changed": [20],
+                   "changed": [10, 20], "moved": [], "fields": {"text": [10], "embedding": [20]}}
 
 
 def test_verify_json_is_ok_on_a_good_repo_and_exits_1_with_the_problem_on_damage(two_versions):

@@ -34,7 +34,7 @@ def test_diff_counts_added_removed_text_changed_and_embedding_changed_chunks(fil
     embeddings[20, 0] += 1  # vector only
     chunks[40]["text"] += "!"  # both
     embeddings[40] *= -1
-    chunks[41]["section_title"] = "outra"  # neither text nor vector: a changed partition, no counted chunk
+    chunks[41]["section_title"] = "outra"  # neither text nor vector: a metadata change
     keep = [i for i in range(60) if i != 50]  # remove chunk 50
     chunks, embeddings = [chunks[i] for i in keep], embeddings[keep]
     new = make_chunks(3, months=1, start_year=2024)
@@ -43,14 +43,20 @@ def test_diff_counts_added_removed_text_changed_and_embedding_changed_chunks(fil
     snap(filled_repo, chunks + new, np.concatenate([embeddings, make_embeddings(3, seed=5)]))
 
     result = filled_repo.diff("v1", "v2")
-    assert result.chunks == DiffChunks(added=3, removed=1, text_changed=2, embedding_changed=2)
+    assert result.chunks == DiffChunks(
+        added=3, removed=1, text_changed=2, embedding_changed=2, changed=4, moved=0,
+        fields={"text": 2, "embedding": 2, "section_title": 1},
+    )
     assert result.ids is None
     assert result.partitions.added == ["2024-07"]
     assert result.partitions.removed == []
     assert result.partitions.changed == ["2024-01", "2024-03", "2024-05", "2024-06"]
 
     detailed = filled_repo.diff("v1", "latest", ids=True)
-    assert detailed.ids == DiffIds(added=[100, 101, 102], removed=[50], text_changed=[3, 40], embedding_changed=[20, 40])
+    assert detailed.ids == DiffIds(
+        added=[100, 101, 102], removed=[50], text_changed=[3, 40], embedding_changed=[20, 40], changed=[3, 20, 40, 41],
+        moved=[], fields={"text": [3, 40], "embedding": [20, 40], "section_title": [41]},
+    )
     assert detailed.a == filled_repo.show("v1")[0] and detailed.b == filled_repo.head()
 
 
@@ -76,7 +82,7 @@ def test_removing_a_whole_month_removes_its_partition_and_its_chunks(filled_repo
     result = filled_repo.diff("v1", "v2", ids=True)
     assert result.partitions.removed == ["2024-03"] and result.partitions.changed == []
     assert result.ids.removed == list(range(20, 30))
-    assert result.chunks == DiffChunks(added=0, removed=10, text_changed=0, embedding_changed=0)
+    assert result.chunks == DiffChunks(added=0, removed=10, text_changed=0, embedding_changed=0, changed=0)
 
 
 def test_a_chunk_that_moved_to_another_month_is_neither_added_nor_removed(filled_repo: Repository) -> None:
@@ -84,7 +90,8 @@ def test_a_chunk_that_moved_to_another_month_is_neither_added_nor_removed(filled
     chunks[5]["newsletter_date"] = "2024-02-15"  # January -> February, same text and vector
     snap(filled_repo, chunks, embeddings)
     result = filled_repo.diff("v1", "v2", ids=True)
-    assert result.chunks == DiffChunks(0, 0, 0, 0)
+    assert result.chunks == DiffChunks(0, 0, 0, 0, changed=1, moved=1, fields={"newsletter_date": 1})
+    assert result.ids.fields == {"newsletter_date": [5]} and result.ids.moved == [5]
     assert result.partitions.changed == ["2024-01", "2024-02"]
 
 
@@ -94,7 +101,10 @@ def test_a_chunk_that_moved_and_changed_text_counts_once_as_text_changed(filled_
     chunks[5]["text"] = "moved and edited"
     snap(filled_repo, chunks, embeddings)
     result = filled_repo.diff("v1", "v2", ids=True)
-    assert result.ids == DiffIds(added=[], removed=[], text_changed=[5], embedding_changed=[])
+    assert result.ids == DiffIds(
+        added=[], removed=[], text_changed=[5], embedding_changed=[], changed=[5], moved=[5],
+        fields={"text": [5], "newsletter_date": [5]},
+    )
     assert result.partitions.changed == ["2024-01"] and result.partitions.added == ["2025-01"]
 
 
@@ -132,7 +142,7 @@ def test_vectors_compare_by_bits_so_nan_is_unchanged_and_minus_zero_is_a_change(
     snap(filled_repo, chunks, embeddings)
     chunks[1]["text"] = "edit next to the NaN"
     snap(filled_repo, chunks, embeddings)
-    assert filled_repo.diff("v2", "v3", ids=True).ids == DiffIds([], [], [1], [])
+    assert filled_repo.diff("v2", "v3", ids=True).ids == DiffIds([], [], [1], [], changed=[1], fields={"text": [1]})
     embeddings[2, 0] = 0.0
     snap(filled_repo, chunks, embeddings)
     embeddings[2, 0] = -0.0
@@ -144,7 +154,9 @@ def test_a_new_dtype_changes_every_vector(filled_repo: Repository) -> None:
     chunks, embeddings = base()
     snap(filled_repo, chunks, embeddings.astype(np.float64))
     result = filled_repo.diff("v1", "v2")
-    assert result.chunks == DiffChunks(added=0, removed=0, text_changed=0, embedding_changed=60)
+    assert result.chunks == DiffChunks(
+        added=0, removed=0, text_changed=0, embedding_changed=60, changed=60, fields={"embedding": 60}
+    )
     assert result.partitions.changed == MONTHS
 
 
@@ -247,4 +259,6 @@ def test_a_new_model_with_another_dimension_changes_every_vector(filled_repo: Re
     assert filled_repo.status().model_changed
     filled_repo.snapshot("new model", new_model=True, model="other-model")
     result = filled_repo.diff("v1", "v2")
-    assert result.chunks == DiffChunks(added=0, removed=0, text_changed=0, embedding_changed=60)
+    assert result.chunks == DiffChunks(
+        added=0, removed=0, text_changed=0, embedding_changed=60, changed=60, fields={"embedding": 60}
+    )

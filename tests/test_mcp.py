@@ -29,9 +29,9 @@ pytestmark = pytest.mark.anyio
 SESSION_TIMEOUT = 25  # seconds for a whole conversation with one server
 CALL_TIMEOUT = 10  # seconds for any single request
 
-READ_ONLY = {"status", "log", "show", "diff", "verify", "remote_list"}
+READ_ONLY = {"status", "log", "show", "diff", "verify", "remote_list", "config"}
 DESTRUCTIVE = {"checkout", "pull", "gc"}
-ALL_TOOLS = READ_ONLY | DESTRUCTIVE | {"snapshot", "push", "clone"}
+ALL_TOOLS = READ_ONLY | DESTRUCTIVE | {"snapshot", "push", "clone", "config_set"}
 
 
 @pytest.fixture
