@@ -426,7 +426,7 @@ class InternetArchiveRemote:
                 yield
         except DeadlinePassed:
             raise RequestTooSlow(
-                f"{self.url}: {what} took longer than the {seconds:,.0f} s egds allows ({self.deadline_base:g} s plus "
+                f"{self.url}: {what} took longer than the {seconds:,.{0 if seconds >= 10 else 1}f} s egds allows ({self.deadline_base:g} s plus "
                 f"1 s per {self.deadline_rate / 1024:g} KiB), so it was stopped; archive.org or the network is too slow "
                 f"right now: try again later, or allow more time with {DEADLINE_ENV}=SECONDS"
             ) from None

@@ -170,6 +170,7 @@ class _Fault:
     retry_after: str | None = None
     interval: float = 0.05
     size: int | None = None
+    status: int | None = None
     seen: int = 0
 
     def matches(self, method: str, host: str, path: str) -> bool:
@@ -351,39 +352,39 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.close()
         self.close_connection = True
 
-    def _stream_fault(self, fault: _Fault, status: int, headers: dict[str, str], payload: bytes) -> int:
-        """A GET reply that misbehaves while it is sent; returns the bytes written. Ends when the client hangs up
-        (a write fails), or at the fault's size: nothing here can run forever."""
-        sent = 0
+    def _stream_fault(self, fault: _Fault, record: RequestRecord, status: int, headers: dict[str, str],
+                      payload: bytes) -> None:
+        """A GET reply that misbehaves while it is sent. ``record.bytes_out`` counts the body bytes handed to the
+        socket, kept up to date as they go. Ends when the client hangs up (a write fails), or at the fault's size:
+        nothing here can run forever."""
         try:
             if fault.kind == "endless":  # no Content-Length: the body ends when the connection does
                 self._send(status, headers, None, b"")
                 block = (payload or b"\0") * max(1, 65536 // max(1, len(payload)))
-                while sent < (fault.size or 1 << 30):
+                while record.bytes_out < (fault.size or 1 << 30):
+                    record.bytes_out += len(block)
                     self.wfile.write(block)
-                    sent += len(block)
             elif fault.kind == "drip":  # the promised body, one byte at a time
                 body = payload if fault.size is None else (payload * (fault.size // max(1, len(payload)) + 1))[:fault.size]
                 self._send(status, headers, len(body), b"")
                 for i in range(len(body)):
+                    record.bytes_out += 1
                     self.wfile.write(body[i:i + 1])
                     self.wfile.flush()
-                    sent += 1
                     time.sleep(fault.interval)
             else:  # "oversized": a Content-Length far beyond the body, then the connection closes
+                record.bytes_out = len(payload)
                 self._send(status, headers, fault.size or 1 << 40, payload)
-                sent = len(payload)
         except OSError:
             pass  # the client hung up: that is how these end
         self.close_connection = True
-        return sent
 
     def _dispatch(self) -> None:
         emu = self.server.emulator
         host, path, query = self._target()
         index, fault = emu._admit(self.command, host, path)
         kind = fault.kind if fault else None
-        log = lambda status, n_in, n_out: emu._record(  # noqa: E731
+        log = lambda status, n_in, n_out: emu._record(  # noqa: E731  (returns the record)
             RequestRecord(index, self.command, host, path, query, status, n_in, n_out,
                           {k: v for k, v in self.headers.items() if k.lower() != "authorization"}, kind))
         if kind == "reset" and self.command != "GET":
@@ -420,8 +421,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, headers, len(payload), payload[: len(payload) // 2])
             return self._reset()
         if kind in _STREAMING_FAULTS and self.command == "GET" and fault is not None:
-            log(status, len(body), -1)  # before sending: the client may never finish reading it
-            self._stream_fault(fault, status, headers, payload)
+            status = fault.status or status
+            record = log(status, len(body), 0)  # before sending: the client may never finish reading it
+            self._stream_fault(fault, record, status, headers, payload)
             return None
         log(status, len(body), len(payload))  # before sending: once the client has the reply, the log shows it
         self._send(status, headers, len(payload), payload)
@@ -517,7 +519,7 @@ class IAEmulator:
     # -- test controls -----------------------------------------------------------------------------------
     def inject(self, fault: str, at: int = 0, match: str | Callable[[str, str, str], bool] | None = None, *,
                times: int | None = 1, retry_after: str | int | None = None, interval: float = 0.05,
-               size: int | None = None) -> None:
+               size: int | None = None, status: int | None = None) -> None:
         """Arm ``fault`` for the ``at``-th (0-based) request from now that matches ``match``, and for the next
         ``times - 1`` matching requests (``times=None``: every one from then on). ``match``: None (any), a method
         ("PUT"), an fnmatch pattern over "METHOD hostpath" ("GET archive.org/download/*"), or a
@@ -535,13 +537,15 @@ class IAEmulator:
         Hostile bodies (GET only; they end when the client hangs up, or at ``size``): "endless": no
         Content-Length, the body repeats forever (up to ``size``, default 1 GiB); "drip": the real body (or
         ``size`` bytes of it, repeated) one byte every ``interval`` seconds; "oversized": Content-Length ``size``
-        (default 1 TiB) over the real body, then the connection closes. "huge_listing": a metadata listing grown
-        to ``size`` bytes (default 1 GiB) of valid JSON."""
+        (default 1 TiB) over the real body, then the connection closes. ``status`` replaces the reply's status
+        for these three (e.g. an endless 503 error page); their log record's ``bytes_out`` counts the body bytes
+        handed to the socket so far (the client may not have read them all). "huge_listing": a metadata listing grown to ``size`` bytes (default
+        1 GiB) of valid JSON."""
         if fault not in FAULTS or at < 0 or (times is not None and times < 1):
             raise ValueError(f"unknown fault {fault!r}, negative index {at} or times {times}")
         with self._lock:
             self._faults.append(_Fault(fault, at, match, times, None if retry_after is None else str(retry_after),
-                                       interval, size))
+                                       interval, size, status))
 
     def fail_ingest(self, match: str | Callable[[str, str], bool] | None = None, times: int | None = 1) -> None:
         """The next ``times`` PUTs (None: all) whose ``identifier/key`` or ``key`` matches the fnmatch pattern
@@ -624,11 +628,12 @@ class IAEmulator:
                     self._faults.remove(due)
             return index, due
 
-    def _record(self, record: RequestRecord) -> None:
+    def _record(self, record: RequestRecord) -> RequestRecord:
         with self._lock:
             self.requests.append(record)
             if record.fault:
                 self.faults_fired.append(record)
+        return record
 
     def _route(self, method: str, host: str, path: str, query: dict[str, str], headers: Mapping[str, str],
                body: bytes, corrupt: bool) -> _Reply:
