@@ -427,3 +427,62 @@ def test_a_failed_ingest_is_accepted_but_never_appears(emu, tmp_path):
     emu.settle()
     assert KEY not in ia.inventory() and ia.get(KEY, 10_000) is None
     assert emu.failed_ingests == [(ITEM, KEY)]
+
+
+@pytest.fixture
+def stalling_server():
+    """A loopback server that accepts a connection, reads what comes, and answers one header byte every 50 ms:
+    only a total deadline ends such a request (each read gets its byte long before any per-read timeout)."""
+    import socket
+    import threading
+    import time
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(0.05)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 2000:  # bounded: 100 s at most
+                try:
+                    if conn.recv(1 << 16) == b"":
+                        return  # the client shut the connection down
+                except TimeoutError:
+                    pass  # nothing to read right now
+                except OSError:
+                    return
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return  # the client hung up
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    server.close()
+
+
+@pytest.mark.parametrize("operation", ["get", "put", "inventory"])
+def test_the_total_deadline_also_ends_a_reply_whose_headers_trickle_in(stalling_server, operation):
+    ia = InternetArchiveRemote(ITEM, session=make_session(stalling_server), deadline_base=0.3, sleep=Sleeps(),
+                               max_inventory_bytes=4096)
+    with pytest.raises(RequestTooSlow, match=r"took longer than the 0\.\d s egds allows \(0\.3 s plus"):
+        if operation == "get":
+            ia.get(KEY, 100)
+        elif operation == "put":
+            ia.put(KEY, DATA)
+        else:
+            ia.inventory()
