@@ -486,3 +486,20 @@ def test_the_total_deadline_also_ends_a_reply_whose_headers_trickle_in(stalling_
             ia.put(KEY, DATA)
         else:
             ia.inventory()
+
+
+def test_a_server_echoing_the_request_cannot_make_egds_print_the_keys(emu):
+    emu.inject("500", match="PUT", times=None)
+    ia, _ = remote(emu, attempts=1)
+    # The emulator's 500 message does not echo; craft one that does, as a hostile endpoint could.
+    from egregora_ds.testing import ia_emulator
+
+    original = ia_emulator._FAULT_ERRORS["500"]
+    ia_emulator._FAULT_ERRORS["500"] = (500, "InternalError", "you sent LOW test-access:test-secret", "")
+    try:
+        with pytest.raises(RemoteError) as raised:
+            ia.put(KEY, DATA)
+    finally:
+        ia_emulator._FAULT_ERRORS["500"] = original
+    assert "test-secret" not in str(raised.value) and "test-access" not in str(raised.value)
+    assert "LOW ***:***" in str(raised.value)

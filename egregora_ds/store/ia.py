@@ -155,9 +155,12 @@ class _Answer:
     """What a non-2xx reply says: its status, S3 error code, human text (Message - Resource, or the JSON
     `error`), and Retry-After in seconds."""
 
-    def __init__(self, response: Any, now: float) -> None:
+    def __init__(self, response: Any, now: float, secrets: tuple[str, ...] = ()) -> None:
         self.status: int | None = response.status_code if response is not None else None
-        text = response.text if response is not None else ""  # bounded by ia_http (SMALL_BODY_BYTES)
+        # Bounded by ia_http (SMALL_BODY_BYTES); decoded as UTF-8 rather than by requests' charset guessing.
+        text = response.content.decode("utf-8", "replace") if response is not None else ""
+        for secret in secrets:  # a server that echoes the request must not make egds print the keys
+            text = text.replace(secret, "***")
         code = re.search(r"<Code>(.*?)</Code>", text, re.S)
         message = re.search(r"<Message>(.*?)</Message>", text, re.S)
         resource = re.search(r"<Resource>(.*?)</Resource>", text, re.S)
@@ -494,7 +497,8 @@ class InternetArchiveRemote:
                     "try again later"
                 ) from None
             except requests.HTTPError as exc:
-                answer = _Answer(exc.response, self._clock())
+                keys = (self.session.secret_key, self.session.access_key)
+                answer = _Answer(exc.response, self._clock(), tuple(k for k in keys if isinstance(k, str) and k))
                 refusal = self._refusal(answer, what, writing)
                 if refusal is not None:
                     raise refusal from None
