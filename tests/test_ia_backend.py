@@ -503,3 +503,14 @@ def test_a_server_echoing_the_request_cannot_make_egds_print_the_keys(emu):
         ia_emulator._FAULT_ERRORS["500"] = original
     assert "test-secret" not in str(raised.value) and "test-access" not in str(raised.value)
     assert "LOW ***:***" in str(raised.value)
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b"not json", b'{"files": {"a": 1}}', b'{"metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}"])
+def test_a_file_list_that_is_not_an_item_record_is_a_clear_error(emu, body, monkeypatch):
+    ia, _ = remote(emu)
+    from egregora_ds.testing import ia_emulator
+
+    # Every JSON answer of the emulator becomes `body` (a damaged or hostile metadata API).
+    monkeypatch.setattr(ia_emulator, "_json", lambda obj, status=200: (200, {"Content-Type": "application/json"}, body))
+    with pytest.raises(RemoteError, match="answered something that is not an item record; try again later"):
+        ia.inventory()

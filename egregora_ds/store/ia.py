@@ -367,7 +367,7 @@ class InternetArchiveRemote:
         body = self._with_retries(fetch, what)
         try:
             return msgspec.json.decode(body, type=_Record)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # RecursionError: absurd nesting
             raise RemoteError(
                 f"{self.url}: the archive.org metadata API answered something that is not an item record; "
                 "try again later, and check https://archive.org/details/" + self.identifier
