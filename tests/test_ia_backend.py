@@ -431,11 +431,10 @@ def test_a_failed_ingest_is_accepted_but_never_appears(emu, tmp_path):
 
 @pytest.fixture
 def stalling_server():
-    """A loopback server that accepts a connection, reads what comes, and answers one header byte every 50 ms:
+    """A loopback server that accepts connections, reads what comes, and answers one header byte every 50 ms:
     only a total deadline ends such a request (each read gets its byte long before any per-read timeout)."""
     import socket
     import threading
-    import time
 
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.1)

@@ -19,7 +19,10 @@ How egds talks to archive.org (SPEC.md §14):
   may carry (`EGDS_IA_DEADLINE` changes the base); `get` reads at most its caller's `max_bytes`, the file
   list at most MAX_INVENTORY_BYTES, any other reply at most ia_http.SMALL_BODY_BYTES.
 - Uploads of LARGE_UPLOAD_BYTES or more first ask IA-S3's `check_limit`, and wait (the same backoff) while
-  it says the account or item is over its limit; still over after ATTEMPTS checks, the push stops.
+  it says the account or item is over its limit; still over after ATTEMPTS checks, the push stops. The check
+  itself is tried once: an unusable answer lets the upload go ahead (the upload's own answer decides).
+- A metadata write (a POST) is retried like the rest: applying the same patch twice is harmless, and the
+  second answer is then "no changes".
 """
 
 from __future__ import annotations
