@@ -10,17 +10,50 @@ archive.org. ``IA_ACCESS_KEY_ID``/``IA_SECRET_ACCESS_KEY`` in the environment ov
 the ``config`` dict, so an anonymous session must also clear ``session.access_key``/``secret_key`` (done below).
 Through the proxy a dropped connection surfaces as ``requests.exceptions.ProxyError`` (a ``ConnectionError``);
 a body cut off mid-download as ``ChunkedEncodingError``, which is NOT a ``requests.ConnectionError``.
+egds itself reaches the emulator through ``egregora_ds.store.ia.make_session`` (``EGDS_IA_ENDPOINT``), the same
+function that builds its production session; ``archive_session`` below is the bare client, for tests of the
+client's own behaviour.
 
-Emulated: ``GET archive.org/metadata/{id}`` (no sub-paths: the client never GETs them), ``GET
-archive.org/download/{id}/{key}`` (optionally 302 to ``ia800000.us.archive.org/0/items/...``), ``PUT`` and
-``DELETE s3.us.archive.org/{id}/{key}`` and ``GET s3.us.archive.org/?check_limit=1``. Downloads honour one
-``Range: bytes=a-b | a- | -n`` (206, or 416 when unsatisfiable); anything else gets the whole file. Known gaps:
-real listings also hold ``{id}_files.xml``/``_meta.xml`` etc. (filter on your own key prefix); item metadata
-headers on a PUT to an existing item are merged here, while real IA-S3 documents them for item creation only.
+Emulated endpoints:
 
-Faults are deterministic: ``inject(fault, at=k, match=m)`` fires on the k-th (0-based) request matching ``m``
-counted from the moment of injection, once. If two faults are due on one request, the earlier-injected fires
-and the other waits for the next matching request.
+- ``GET archive.org/metadata/{id}``: the item record (``{}`` for a missing item). Besides the uploaded files the
+  listing holds the files archive.org adds to every item: ``{id}_files.xml`` (listed without size or mtime, as
+  IA lists it), ``{id}_meta.xml`` and ``{id}_archive.torrent`` (``source: metadata``); all three download too
+  (their bytes are generated here, their listed md5/size match what is served). Sources: the MDAPI docs
+  (archive.org/developers/md-read.html, md-record.html) and the client's own ``_files.xml`` handling.
+- ``POST archive.org/metadata/{id}``: the Metadata Write API as ``Item.modify_metadata`` sends it (form fields
+  ``-target``, ``-patch`` (a JSON Patch), ``priority``, ``access``, ``secret``). 200 ``{"success": true,
+  "task_id": N, "log": URL}``; an empty or no-op patch answers 400 ``{"success": false, "error": "no changes to
+  _meta.xml"}`` (the client's CLI treats "no changes" as a warning); ``mediatype`` cannot be changed (400; client
+  issue jjjake/internetarchive#283). The change applies at once (IA runs it as a task, usually within minutes).
+- ``GET archive.org/download/{id}/{key}`` (optionally a 302 to ``ia800000.us.archive.org/0/items/...``), with one
+  ``Range: bytes=a-b | a- | -n`` (206, or 416 when unsatisfiable).
+- ``PUT`` and ``DELETE s3.us.archive.org/{id}/{key}``; ``GET s3.us.archive.org/?check_limit=1`` (the JSON of the
+  client's ``tests/data/s3_status_check.json``: ``over_limit`` and a ``detail`` with rations and queue counts).
+  Item metadata headers (``x-archive-meta*-*``) apply only when the PUT creates the item, as IA-S3 documents;
+  a later change goes through the Metadata Write API above.
+
+Items are owned by the access key whose PUT created them; another valid key is refused with 403 AccessDenied
+"You lack sufficient privileges to write to this item." (the text IA-S3 answers: bibanon/tubeup#70,
+jjjake/internetarchive#56 and #102). ``set_dark`` darkens an item as archive.org staff do: the record then
+carries ``is_dark: true`` and no ``metadata`` or ``files`` (the client reads ``is_dark`` from the record, and its
+``ItemLocateError`` "cannot be located because it is dark" comes from the missing ``metadata``), downloads answer
+403, and a PUT answers 403 AccessDenied "This item has been taken offline" (jjjake/internetarchive#195, #440).
+What a dark item's download and metadata-write refusals say exactly is not documented; "Item not available"
+(jjjake/internetarchive#666) is used for both.
+
+Ingest: IA answers an S3 PUT once the file is staged; a catalog task then moves it into the item, and only then
+is it listed and served (archive.org/help/abouts3.txt: "staged in temporary storage and ingested ... This can
+take some time"; jjjake/internetarchive#168). ``ingest_lag`` emulates that: an upload is neither listed nor
+downloadable for that many seconds by ``clock`` (an overwritten key keeps serving and listing its previous
+version meanwhile). ``metadata_lag`` adds a further delay to the listing only (the MDAPI record is cached),
+so a fresh upload downloads at once but is listed later. ``settle()`` ends every lag. ``fail_ingest`` makes a
+PUT answer 200 while its file never appears (the ingest task failed).
+
+Faults are deterministic: ``inject(fault, at=k, match=m, times=n)`` fires on the k-th (0-based) request matching
+``m`` counted from the moment of injection, and on the n-1 matching requests after it. If two faults are due on
+one request, the earlier-injected fires and the other waits for the next matching request. See ``inject`` for
+the kinds.
 """
 
 from __future__ import annotations
@@ -53,15 +86,27 @@ if TYPE_CHECKING:
 
 S3_HOST = "s3.us.archive.org"
 DATANODE = "ia800000.us.archive.org"
-FAULTS = frozenset({"503", "500", "reset", "corrupt", "lost_reply"})
+FAULTS = frozenset({"503", "500", "429", "reset", "corrupt", "lost_reply", "spam", "over_limit", "endless",
+                    "drip", "oversized", "huge_listing"})
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,99}$")
 _META_HEADER = re.compile(r"^x-archive-meta(\d*)-(.+)$", re.IGNORECASE)
 _DATANODE_HOST = re.compile(r"^ia\d+\.us\.archive\.org$")
 _DATANODE_PATH = re.compile(r"^/\d+/items/([^/]+)/(.+)$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _Reply = tuple[int, dict[str, str], bytes]
-_FAULT_ERRORS = {"503": (503, "SlowDown", "Please reduce your request rate."),
-                 "500": (500, "InternalError", "We encountered an internal error. Please try again.")}
+# (status, S3 Code, Message, Resource). The spam and over-limit texts are the ones IA-S3 sends, as the client
+# shows them ("Message - Resource"): jjjake/internetarchive#298, #383, #578 (spam) and #392 (over limit).
+_FAULT_ERRORS = {
+    "503": (503, "SlowDown", "Please reduce your request rate.", ""),
+    "500": (500, "InternalError", "We encountered an internal error. Please try again.", ""),
+    "429": (429, "SlowDown", "Please reduce your request rate.", ""),
+    "spam": (503, "SlowDown", "Please reduce your request rate.",
+             "Your upload of {identifier} from username test-user@example.org appears to be spam. If you believe "
+             "this is a mistake, contact info@archive.org and include this entire message in your email."),
+    "over_limit": (503, "SlowDown", "Please reduce your request rate.", "total_tasks_queued exceeds global_limit"),
+}
+_STREAMING_FAULTS = frozenset({"endless", "drip", "oversized"})  # GET replies that misbehave while sent
+OWN_FILE_SUFFIXES = ("_files.xml", "_meta.xml", "_archive.torrent")  # files IA adds to every item
 
 
 @dataclass
@@ -88,19 +133,31 @@ class _Stored:
     sha1: str
     crc32: str
     mtime: float
-    visible_at: float  # the /metadata listing shows this version from then on
-    previous: _Stored | None = None  # what the listing shows while this version is pending
+    ingested_at: float  # downloads serve this version from then on
+    listed_at: float  # the /metadata listing shows this version from then on (never before ingested_at)
+    previous: _Stored | None = None  # what is served/listed while this version is pending
 
 
-def _stored(received: bytes, mtime: float, visible_at: float, at_rest: bytes | None = None) -> _Stored:
+def _stored(received: bytes, mtime: float, ingested_at: float, listed_at: float,
+            at_rest: bytes | None = None) -> _Stored:
     return _Stored(at_rest if at_rest is not None else received, hashlib.md5(received).hexdigest(),
-                   hashlib.sha1(received).hexdigest(), f"{zlib.crc32(received):08x}", mtime, visible_at)
+                   hashlib.sha1(received).hexdigest(), f"{zlib.crc32(received):08x}", mtime, ingested_at,
+                   max(listed_at, ingested_at))
+
+
+def _version(stored: _Stored | None, now: float, when: str) -> _Stored | None:
+    """The version of a key a reader sees at `now`: walk back over versions not yet ingested/listed."""
+    while stored is not None and getattr(stored, when) > now:
+        stored = stored.previous
+    return stored
 
 
 @dataclass
 class _Item:
     metadata: dict
     created: float
+    owner: str | None = None  # access key that created it; None: any valid key may write (put_file items)
+    dark: bool = False
     files: dict[str, _Stored] = field(default_factory=dict)
 
 
@@ -109,6 +166,11 @@ class _Fault:
     kind: str
     at: int
     match: str | Callable[[str, str, str], bool] | None
+    times: int | None = 1  # None: every matching request from the at-th on
+    retry_after: str | None = None
+    interval: float = 0.05
+    size: int | None = None
+    status: int | None = None
     seen: int = 0
 
     def matches(self, method: str, host: str, path: str) -> bool:
@@ -120,18 +182,36 @@ class _Fault:
         return fnmatch.fnmatchcase(f"{method} {host}{path}", pattern)
 
 
-def _s3_error(status: int, code: str, message: str) -> _Reply:
+@dataclass
+class _IngestFailure:
+    match: str | Callable[[str, str], bool] | None
+    times: int | None
+
+    def matches(self, identifier: str, key: str) -> bool:
+        if self.match is None:
+            return True
+        if callable(self.match):
+            return bool(self.match(identifier, key))
+        return fnmatch.fnmatchcase(f"{identifier}/{key}", self.match) or fnmatch.fnmatchcase(key, self.match)
+
+
+def _s3_error(status: int, code: str, message: str, resource: str = "") -> _Reply:
+    extra = f"<Resource>{escape(resource)}</Resource>" if resource else ""
     body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
-            f"<Message>{escape(message)}</Message><RequestId>ia-emulator</RequestId></Error>")
+            f"<Message>{escape(message)}</Message>{extra}<RequestId>ia-emulator</RequestId></Error>")
     return status, {"Content-Type": "application/xml"}, body.encode()
 
 
-def _json(obj: object) -> _Reply:
-    return 200, {"Content-Type": "application/json"}, json.dumps(obj).encode()
+def _json(obj: object, status: int = 200) -> _Reply:
+    return status, {"Content-Type": "application/json"}, json.dumps(obj).encode()
 
 
 def _not_found(what: str) -> _Reply:
     return 404, {"Content-Type": "text/plain; charset=utf-8"}, f"not found: {what}\n".encode()
+
+
+def _not_available() -> _Reply:
+    return 403, {"Content-Type": "text/plain; charset=utf-8"}, b"Item not available\n"
 
 
 def _flip(payload: bytes) -> bytes:
@@ -168,9 +248,33 @@ def _meta_from_headers(headers: Mapping[str, str] | object) -> dict:
     return {k: [v for _, v in sorted(vs)] if len(vs) > 1 else vs[0][1] for k, vs in found.items()}
 
 
+def _own_file(identifier: str, suffix: str, item: _Item, listed: list[dict]) -> tuple[dict, bytes]:
+    """The bytes of one of the files IA keeps for every item, and its listing entry (shaped as MDAPI lists it)."""
+    if suffix == "_meta.xml":
+        fields = "".join(f"<{k}>{escape(str(v))}</{k}>" for k, vs in sorted(item.metadata.items())
+                         for v in (vs if isinstance(vs, list) else [vs]))
+        data = f'<?xml version="1.0" encoding="UTF-8"?>\n<metadata>{fields}</metadata>\n'.encode()
+        entry = {"source": "original", "format": "Metadata"}
+    elif suffix == "_files.xml":
+        rows = "".join(f'<file name="{escape(f["name"])}" source="original"><md5>{f["md5"]}</md5></file>'
+                       for f in listed)
+        data = f'<?xml version="1.0" encoding="UTF-8"?>\n<files>{rows}</files>\n'.encode()
+        # IA lists its own _files.xml with an md5 only: its size changes as the file describes itself.
+        return {"name": f"{identifier}{suffix}", "source": "original", "format": "Metadata",
+                "md5": hashlib.md5(data).hexdigest(), "summation": "md5"}, data
+    else:
+        data = f"d8:announce32:https://archive.org/announce4:info{len(identifier)}:{identifier}e".encode()
+        entry = {"source": "metadata", "format": "Archive BitTorrent", "btih": hashlib.sha1(data).hexdigest()}
+    return {"name": f"{identifier}{suffix}", **entry, "size": str(len(data)), "md5": hashlib.md5(data).hexdigest(),
+            "sha1": hashlib.sha1(data).hexdigest(), "crc32": f"{zlib.crc32(data):08x}",
+            "mtime": str(int(item.created))}, data
+
+
 def archive_session(endpoint: str, access: str | None = None, secret: str | None = None) -> ArchiveSession:
     """A real ArchiveSession whose every request (archive.org, s3, datanodes) goes through ``endpoint``
-    (``http://HOST:PORT``) as an HTTP proxy. No keys -> anonymous, whatever the environment holds."""
+    (``http://HOST:PORT``) as an HTTP proxy. No keys -> anonymous, whatever the environment holds.
+    This is the bare client (with its own urllib3 retries on archive.org); egds builds its session with
+    ``egregora_ds.store.ia.make_session`` instead."""
     import internetarchive
 
     missing = os.path.join(tempfile.gettempdir(), f"ia-emulator-{uuid.uuid4().hex}", "ia.ini")  # never created
@@ -229,13 +333,15 @@ class _Handler(BaseHTTPRequestHandler):
             chunks.append(self.rfile.read(size))
             self.rfile.readline(1024)
 
-    def _send(self, status: int, headers: dict[str, str], length: int, payload: bytes) -> None:
+    def _send(self, status: int, headers: dict[str, str], length: int | None, payload: bytes) -> None:
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        if self.close_connection:  # say so, or urllib3 pools the connection we are about to close
+        if self.close_connection or length is None:  # say so, or urllib3 pools the connection we are about to close
             self.send_header("Connection", "close")
-        self.send_header("Content-Length", str(length))
+            self.close_connection = True
+        if length is not None:
+            self.send_header("Content-Length", str(length))
         self.end_headers()
         self.wfile.write(payload)
 
@@ -246,14 +352,42 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.close()
         self.close_connection = True
 
+    def _stream_fault(self, fault: _Fault, record: RequestRecord, status: int, headers: dict[str, str],
+                      payload: bytes) -> None:
+        """A GET reply that misbehaves while it is sent. ``record.bytes_out`` counts the body bytes handed to the
+        socket, kept up to date as they go. Ends when the client hangs up (a write fails), or at the fault's size:
+        nothing here can run forever."""
+        try:
+            if fault.kind == "endless":  # no Content-Length: the body ends when the connection does
+                self._send(status, headers, None, b"")
+                block = (payload or b"\0") * max(1, 65536 // max(1, len(payload)))
+                while record.bytes_out < (fault.size or 1 << 30):
+                    record.bytes_out += len(block)
+                    self.wfile.write(block)
+            elif fault.kind == "drip":  # the promised body, one byte at a time
+                body = payload if fault.size is None else (payload * (fault.size // max(1, len(payload)) + 1))[:fault.size]
+                self._send(status, headers, len(body), b"")
+                for i in range(len(body)):
+                    record.bytes_out += 1
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(fault.interval)
+            else:  # "oversized": a Content-Length far beyond the body, then the connection closes
+                record.bytes_out = len(payload)
+                self._send(status, headers, fault.size or 1 << 40, payload)
+        except OSError:
+            pass  # the client hung up: that is how these end
+        self.close_connection = True
+
     def _dispatch(self) -> None:
         emu = self.server.emulator
         host, path, query = self._target()
         index, fault = emu._admit(self.command, host, path)
-        log = lambda status, n_in, n_out: emu._record(  # noqa: E731
+        kind = fault.kind if fault else None
+        log = lambda status, n_in, n_out: emu._record(  # noqa: E731  (returns the record)
             RequestRecord(index, self.command, host, path, query, status, n_in, n_out,
-                          {k: v for k, v in self.headers.items() if k.lower() != "authorization"}, fault))
-        if fault == "reset" and self.command != "GET":
+                          {k: v for k, v in self.headers.items() if k.lower() != "authorization"}, kind))
+        if kind == "reset" and self.command != "GET":
             length = int(self.headers.get("Content-Length") or 0)
             received = self._read_body(limit=length // 2)  # the client is cut off mid-body
             log(None, len(received), 0)
@@ -262,47 +396,81 @@ class _Handler(BaseHTTPRequestHandler):
         if len(body) < int(self.headers.get("Content-Length") or 0):  # the client hung up mid-body: act on nothing
             self.close_connection = True
             return log(None, len(body), 0)
-        if fault in _FAULT_ERRORS:  # the request is answered, but not acted on
-            reply = _s3_error(*_FAULT_ERRORS[fault])
+        if kind in _FAULT_ERRORS:  # the request is answered, but not acted on
+            status, code, message, resource = _FAULT_ERRORS[kind]
+            identifier = path.lstrip("/").split("/")[0] if host == S3_HOST else "the item"
+            reply = _s3_error(status, code, message, resource.format(identifier=identifier))
+            if fault is not None and fault.retry_after is not None:
+                reply[1]["Retry-After"] = fault.retry_after
         else:
             try:
-                reply = emu._route(self.command, host, path, query, self.headers, body, fault == "corrupt")
+                reply = emu._route(self.command, host, path, query, self.headers, body, kind == "corrupt")
+                if kind == "huge_listing" and reply[0] == 200 and path.startswith("/metadata/"):
+                    reply = (200, reply[1], _padded_json(reply[2], fault.size if fault else None))
             except Exception:  # an emulator bug must surface as a 500 plus emu.errors, not a hang
                 emu.errors.append(traceback.format_exc())
                 reply = _s3_error(500, "InternalError", "emulator bug; see IAEmulator.errors")
         status, headers, payload = reply
-        if fault == "lost_reply":  # acted on (a PUT is stored), but the connection drops before the reply
+        if kind == "lost_reply":  # acted on (a PUT is stored), but the connection drops before the reply
             log(status, len(body), 0)
             return self._reset()
-        if fault == "corrupt" and self.command == "GET":
+        if kind == "corrupt" and self.command == "GET":
             payload = _flip(payload)
-        if fault == "reset":  # a GET: promise the whole body, deliver half, then drop the connection
+        if kind == "reset":  # a GET: promise the whole body, deliver half, then drop the connection
             log(None, len(body), len(payload) // 2)
             self._send(status, headers, len(payload), payload[: len(payload) // 2])
             return self._reset()
+        if kind in _STREAMING_FAULTS and self.command == "GET" and fault is not None:
+            status = fault.status or status
+            record = log(status, len(body), 0)  # before sending: the client may never finish reading it
+            self._stream_fault(fault, record, status, headers, payload)
+            return None
         log(status, len(body), len(payload))  # before sending: once the client has the reply, the log shows it
         self._send(status, headers, len(payload), payload)
+
+
+def _padded_json(payload: bytes, size: int | None) -> bytes:
+    """The same JSON object grown to `size` bytes by an extra key: a listing too large for any sane cap."""
+    size = size or 1 << 30
+    head = payload.rstrip()[:-1].rstrip()  # without the closing brace
+    head += b", " if head != b"{" else b""
+    filler = max(0, size - len(head) - len(b'"x-padding": ""}'))
+    return head + b'"x-padding": "' + b"x" * filler + b'"}'
 
 
 class IAEmulator:
     """archive.org on 127.0.0.1. ``with IAEmulator() as emu: s = emu.session()``.
 
-    State is ``identifier -> item metadata + {key: bytes, mtime}``, guarded by one lock. Uploads are visible
-    to downloads at once, and to the ``/metadata`` listing ``metadata_lag`` seconds later by ``clock`` (or after
-    ``settle()``); while a new version is pending the listing keeps showing the previous one."""
+    State is ``identifier -> item (metadata, owner, dark flag) + {key: versions}``, guarded by one lock.
+
+    Switches for tests (all documented on their methods):
+    - ``IAEmulator(ingest_lag=S)``: uploads are neither listed nor served for S seconds by ``clock``.
+    - ``IAEmulator(metadata_lag=S)``: uploads are served at once but listed S seconds later.
+    - ``settle()``: end every lag now.
+    - ``fail_ingest(match=..., times=...)``: matching PUTs answer 200 but their file never appears.
+    - ``set_dark(identifier)`` / ``set_owner(identifier, access_key)``: a darkened item; an item of another account.
+    - ``inject(kind, at=, match=, times=, retry_after=, interval=, size=)``: request faults (503/429 with
+      Retry-After, spam and over-limit refusals, resets, corruption, endless/drip/oversized bodies, huge listings).
+    - ``over_limit = True``: ``check_limit`` answers ``over_limit: 1`` (``limit_reason`` says why).
+    """
 
     def __init__(self, *, keys: Mapping[str, str] | None = None, redirect_downloads: bool = False,
-                 metadata_lag: float = 0.0, clock: Callable[[], float] = time.time) -> None:
+                 ingest_lag: float = 0.0, metadata_lag: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self.keys = dict(keys if keys is not None else {"test-access": "test-secret"})  # access -> secret
         self.redirect_downloads = redirect_downloads
+        self.ingest_lag = ingest_lag
         self.metadata_lag = metadata_lag
         self.clock = clock
         self.over_limit = False  # check_limit answers over_limit=1 while True
+        self.limit_reason = "total_tasks_queued exceeds global_limit"  # shown in check_limit while over_limit
         self.requests: list[RequestRecord] = []
         self.faults_fired: list[RequestRecord] = []
+        self.failed_ingests: list[tuple[str, str]] = []  # (identifier, key) of every PUT whose ingest failed
         self.errors: list[str] = []  # tracebacks of emulator bugs; tests may assert it stays empty
         self._items: dict[str, _Item] = {}
         self._faults: list[_Fault] = []
+        self._ingest_failures: list[_IngestFailure] = []
+        self._tasks = 0
         self._count = 0
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -349,46 +517,85 @@ class IAEmulator:
         return archive_session(self.endpoint, None if anonymous else access, None if anonymous else secret)
 
     # -- test controls -----------------------------------------------------------------------------------
-    def inject(self, fault: str, at: int = 0, match: str | Callable[[str, str, str], bool] | None = None) -> None:
-        """Arm ``fault`` ("503", "500", "reset", "corrupt", "lost_reply") for the ``at``-th (0-based) request from now that
-        matches ``match``: None (any), a method ("PUT"), an fnmatch pattern over "METHOD hostpath"
-        ("GET archive.org/download/*"), or a callable(method, host, path). Fires once.
-        "503"/"500": S3 XML error (SlowDown/InternalError), request not acted on. "reset": a PUT/DELETE is read
-        halfway and the connection reset, nothing stored; a GET gets its headers and half its body, then a reset.
-        "corrupt": a GET reply has one byte flipped (same length); a PUT is stored with one byte flipped at
-        rest while the listing keeps the md5 of what was received (bit rot). "lost_reply": the request is acted on
-        in full (a PUT is stored), then the connection is reset before the reply: the client cannot tell it
-        from a failure, as when a link drops after IA has stored a file."""
-        if fault not in FAULTS or at < 0:
-            raise ValueError(f"unknown fault {fault!r} or negative index {at}")
+    def inject(self, fault: str, at: int = 0, match: str | Callable[[str, str, str], bool] | None = None, *,
+               times: int | None = 1, retry_after: str | int | None = None, interval: float = 0.05,
+               size: int | None = None, status: int | None = None) -> None:
+        """Arm ``fault`` for the ``at``-th (0-based) request from now that matches ``match``, and for the next
+        ``times - 1`` matching requests (``times=None``: every one from then on). ``match``: None (any), a method
+        ("PUT"), an fnmatch pattern over "METHOD hostpath" ("GET archive.org/download/*"), or a
+        callable(method, host, path).
+
+        Refusals (answered with S3 XML, request not acted on): "503" SlowDown, "429" SlowDown, "500"
+        InternalError; ``retry_after`` (seconds, or an HTTP date) adds a ``Retry-After`` header to any of them.
+        "spam": 503 SlowDown whose Resource says the upload "appears to be spam"; "over_limit": 503 SlowDown
+        with "total_tasks_queued exceeds global_limit" (IA's wording for a full task queue).
+        Transport: "reset": a PUT/DELETE is read halfway and the connection reset, nothing stored; a GET gets
+        its headers and half its body, then a reset. "lost_reply": the request is acted on in full (a PUT is
+        stored), then the connection is reset before the reply. "corrupt": a GET reply has one byte flipped
+        (same length); a PUT is stored with one byte flipped at rest while the listing keeps the md5 of what
+        was received (bit rot).
+        Hostile bodies (GET only; they end when the client hangs up, or at ``size``): "endless": no
+        Content-Length, the body repeats forever (up to ``size``, default 1 GiB); "drip": the real body (or
+        ``size`` bytes of it, repeated) one byte every ``interval`` seconds; "oversized": Content-Length ``size``
+        (default 1 TiB) over the real body, then the connection closes. ``status`` replaces the reply's status
+        for these three (e.g. an endless 503 error page); their log record's ``bytes_out`` counts the body bytes
+        handed to the socket so far (the client may not have read them all). "huge_listing": a metadata listing grown to ``size`` bytes (default
+        1 GiB) of valid JSON."""
+        if fault not in FAULTS or at < 0 or (times is not None and times < 1):
+            raise ValueError(f"unknown fault {fault!r}, negative index {at} or times {times}")
         with self._lock:
-            self._faults.append(_Fault(fault, at, match))
+            self._faults.append(_Fault(fault, at, match, times, None if retry_after is None else str(retry_after),
+                                       interval, size, status))
+
+    def fail_ingest(self, match: str | Callable[[str, str], bool] | None = None, times: int | None = 1) -> None:
+        """The next ``times`` PUTs (None: all) whose ``identifier/key`` or ``key`` matches the fnmatch pattern
+        ``match`` (or callable(identifier, key); None: any) are answered 200 as usual, but their ingest fails: the
+        file is never listed and never served, and a key it overwrites keeps its previous bytes. Each is recorded
+        in ``failed_ingests``."""
+        with self._lock:
+            self._ingest_failures.append(_IngestFailure(match, times))
+
+    def set_dark(self, identifier: str, dark: bool = True) -> None:
+        """Darken an item (creating an empty one if needed): its record says ``is_dark`` and shows no metadata or
+        files, downloads and metadata writes answer 403 "Item not available", and PUT/DELETE answer 403
+        AccessDenied "This item has been taken offline". ``dark=False`` undarkens it."""
+        with self._lock:
+            self._item(identifier).dark = dark
+
+    def set_owner(self, identifier: str, access_key: str | None) -> None:
+        """Make ``access_key`` the item's owner (creating an empty item if needed): any other valid key is refused
+        with 403 AccessDenied "You lack sufficient privileges to write to this item." on PUT, DELETE and metadata
+        writes. ``None``: any valid key may write (the default for items made by ``put_file``)."""
+        with self._lock:
+            self._item(identifier).owner = access_key
 
     def settle(self) -> None:
-        """Make every pending upload visible in the /metadata listing now."""
+        """Make every pending upload ingested and listed now."""
         with self._lock:
             for item in self._items.values():
                 for stored in item.files.values():
-                    stored.visible_at, stored.previous = float("-inf"), None
+                    stored.ingested_at = stored.listed_at = float("-inf")
+                    stored.previous = None
 
     def clear_log(self) -> None:
         with self._lock:
             self.requests.clear()
 
     def put_file(self, identifier: str, key: str, data: bytes, metadata: Mapping | None = None) -> None:
-        """Store a file directly (no request logged), listed at once; creates the item if needed."""
+        """Store a file directly (no request logged), listed and served at once; creates the item if needed."""
         with self._lock:
-            item = self._items.setdefault(identifier, _Item({"identifier": identifier}, self.clock()))
+            item = self._item(identifier)
             item.metadata.update(metadata or {})
-            item.files[key] = _stored(data, self.clock(), float("-inf"))
+            item.files[key] = _stored(data, self.clock(), float("-inf"), float("-inf"))
 
     def get_file(self, identifier: str, key: str) -> bytes | None:
+        """The newest bytes stored under ``key`` (pending ingest included), or None."""
         with self._lock:
             stored = self._items[identifier].files.get(key) if identifier in self._items else None
             return None if stored is None else stored.data
 
     def files(self, identifier: str) -> dict[str, bytes]:
-        """Every stored file of the item, pending and history ones included."""
+        """Every stored file of the item, pending and history ones included (not the files IA generates)."""
         with self._lock:
             item = self._items.get(identifier)
             return {} if item is None else {k: v.data for k, v in item.files.items()}
@@ -399,7 +606,13 @@ class IAEmulator:
             return None if item is None else dict(item.metadata)
 
     # -- request handling (called from handler threads) ---------------------------------------------------
-    def _admit(self, method: str, host: str, path: str) -> tuple[int, str | None]:
+    def _item(self, identifier: str) -> _Item:
+        """The item, created empty if missing. Caller holds the lock."""
+        if identifier not in self._items:
+            self._items[identifier] = _Item({"identifier": identifier}, self.clock())
+        return self._items[identifier]
+
+    def _admit(self, method: str, host: str, path: str) -> tuple[int, _Fault | None]:
         """Number the request and pick the fault (if any) it triggers."""
         with self._lock:
             index, self._count = self._count, self._count + 1
@@ -409,63 +622,88 @@ class IAEmulator:
                     fault.seen += 1
                     if due is None and fault.seen > fault.at:
                         due = fault
-            if due is not None:
-                self._faults.remove(due)
-            return index, None if due is None else due.kind
+            if due is not None and due.times is not None:
+                due.times -= 1
+                if due.times == 0:
+                    self._faults.remove(due)
+            return index, due
 
-    def _record(self, record: RequestRecord) -> None:
+    def _record(self, record: RequestRecord) -> RequestRecord:
         with self._lock:
             self.requests.append(record)
             if record.fault:
                 self.faults_fired.append(record)
+        return record
 
     def _route(self, method: str, host: str, path: str, query: dict[str, str], headers: Mapping[str, str],
                body: bytes, corrupt: bool) -> _Reply:
         if host == S3_HOST:
             return self._s3(method, path, query, headers, body, corrupt)
+        parts = path.lstrip("/").split("/", 2)
+        if method == "POST" and len(parts) == 2 and parts[0] == "metadata":
+            return self._metadata_write(parts[1], body)
         if method != "GET":
             return _s3_error(405, "MethodNotAllowed", f"{method} is not emulated on {host}")
         if _DATANODE_HOST.match(host):
             m = _DATANODE_PATH.match(path)
             return self._serve(m.group(1), m.group(2), headers) if m else _not_found(path)
-        parts = path.lstrip("/").split("/", 2)
         if len(parts) == 2 and parts[0] == "metadata":
-            return _json(self._listing(parts[1]))
+            return _json(self._record_of(parts[1]))
         if len(parts) == 3 and parts[0] == "download" and parts[2]:
             if self.redirect_downloads:
                 return 302, {"Location": f"http://{DATANODE}/0/items/{parts[1]}/{quote(parts[2])}"}, b""
             return self._serve(parts[1], parts[2], headers)
         return _not_found(path)
 
-    def _listing(self, identifier: str) -> dict:
+    def _listed(self, identifier: str, item: _Item, now: float) -> list[dict]:
+        """The uploaded files the listing shows at `now` (caller holds the lock)."""
+        files = []
+        for key, stored in sorted(item.files.items()):
+            shown = _version(stored, now, "listed_at")
+            if shown is not None:
+                files.append({"name": key, "source": "original", "format": "Unknown",
+                              "size": str(len(shown.data)), "md5": shown.md5, "sha1": shown.sha1,
+                              "crc32": shown.crc32, "mtime": str(int(shown.mtime))})
+        return files
+
+    def _record_of(self, identifier: str) -> dict:
         with self._lock:
             item = self._items.get(identifier)
             if item is None:
                 return {}  # what archive.org answers for a missing item, with HTTP 200
-            now, files = self.clock(), []
-            for key, stored in sorted(item.files.items()):
-                shown: _Stored | None = stored
-                while shown is not None and shown.visible_at > now:
-                    shown = shown.previous
-                if shown is not None:
-                    files.append({"name": key, "source": "original", "format": "Unknown",
-                                  "size": str(len(shown.data)), "md5": shown.md5, "sha1": shown.sha1,
-                                  "crc32": shown.crc32, "mtime": str(int(shown.mtime))})
-            return {"created": int(item.created), "d1": DATANODE, "d2": "ia600000.us.archive.org",
-                    "dir": f"/0/items/{identifier}", "files": files, "files_count": len(files),
-                    "item_last_updated": int(now), "item_size": sum(int(f["size"]) for f in files),
-                    "metadata": dict(item.metadata, identifier=identifier), "server": DATANODE,
-                    "uniq": 1, "workable_servers": [DATANODE]}
+            now = self.clock()
+            location = {"created": int(item.created), "d1": DATANODE, "d2": "ia600000.us.archive.org",
+                        "dir": f"/0/items/{identifier}", "server": DATANODE, "uniq": 1,
+                        "workable_servers": [DATANODE]}
+            if item.dark:
+                return {**location, "is_dark": True, "item_last_updated": int(now)}
+            files = self._listed(identifier, item, now)
+            files += [_own_file(identifier, suffix, item, files)[0] for suffix in OWN_FILE_SUFFIXES]
+            return {**location, "files": sorted(files, key=lambda f: f["name"]), "files_count": len(files),
+                    "item_last_updated": int(now), "item_size": sum(int(f.get("size", 0)) for f in files),
+                    "metadata": dict(item.metadata, identifier=identifier)}
 
     def _serve(self, identifier: str, key: str, headers: Mapping[str, str]) -> _Reply:
         with self._lock:
             item = self._items.get(identifier)
-            stored = item.files.get(key) if item else None
-        if stored is None:
+            if item is not None and item.dark:
+                return _not_available()
+            now = self.clock()
+            stored = _version(item.files.get(key), now, "ingested_at") if item else None
+            own = None
+            if item is not None and stored is None and key.startswith(identifier):
+                suffix = key[len(identifier):]
+                if suffix in OWN_FILE_SUFFIXES:
+                    own = _own_file(identifier, suffix, item, self._listed(identifier, item, now))[1]
+        if stored is None and own is None:
             return _not_found(f"{identifier}/{key}")
-        data, size = stored.data, len(stored.data)
+        data = stored.data if stored is not None else own
+        assert data is not None
+        mtime = stored.mtime if stored is not None else item.created  # type: ignore[union-attr]
+        size = len(data)
         reply_headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
-                         "Last-Modified": formatdate(stored.mtime, usegmt=True), "ETag": f'"{stored.md5}"'}
+                         "Last-Modified": formatdate(mtime, usegmt=True),
+                         "ETag": f'"{hashlib.md5(data).hexdigest() if stored is None else stored.md5}"'}
         m = _RANGE.match((headers.get("Range") or "").strip())
         if not m or m.groups() == ("", ""):
             return 200, reply_headers, data  # no Range, or a form we do not emulate: the whole file
@@ -477,30 +715,73 @@ class IAEmulator:
         reply_headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         return 206, reply_headers, data[start:end + 1]
 
+    def _writer(self, access: str, secret: str) -> bool:
+        return bool(access) and self.keys.get(access) == secret
+
+    def _metadata_write(self, identifier: str, body: bytes) -> _Reply:
+        """The Metadata Write API (``Item.modify_metadata``): a JSON Patch against the item's metadata."""
+        import jsonpatch  # a dependency of internetarchive, which the emulator serves
+
+        form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        if not self._writer(form.get("access", ""), form.get("secret", "")):
+            return _json({"success": False, "error": "access denied: invalid access or secret key"}, 401)
+        with self._lock:
+            item = self._items.get(identifier)
+            if item is None:
+                return _json({"success": False, "error": f"item {identifier} not found"}, 404)
+            if item.dark:
+                return _json({"success": False, "error": "Item not available"}, 403)
+            if item.owner is not None and item.owner != form["access"]:
+                return _json({"success": False, "error": "You lack sufficient privileges to write to this item."}, 403)
+            if form.get("-target", "metadata") != "metadata" or "-patch" not in form:
+                return _json({"success": False, "error": "only -target=metadata with -patch is emulated"}, 400)
+            try:
+                patch = jsonpatch.JsonPatch(json.loads(form["-patch"]))
+                changed = patch.apply(dict(item.metadata))
+            except (ValueError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                return _json({"success": False, "error": f"bad patch: {exc}"}, 400)
+            if changed == item.metadata:
+                return _json({"success": False, "error": "no changes to _meta.xml"}, 400)
+            if changed.get("mediatype") != item.metadata.get("mediatype") or changed.get("identifier") != identifier:
+                return _json({"success": False, "error": "mediatype and identifier cannot be changed"}, 400)
+            item.metadata = changed
+            self._tasks += 1
+            return _json({"success": True, "task_id": self._tasks,
+                          "log": f"https://catalogd.archive.org/log/{self._tasks}"})
+
     def _s3(self, method: str, path: str, query: dict[str, str], headers: Mapping[str, str], body: bytes,
             corrupt: bool) -> _Reply:
         if method == "GET" and path == "/" and "check_limit" in query:  # unauthenticated, as on IA
             over = int(self.over_limit)
-            detail = {"accesskey_tasks_queued": 0, "bucket_tasks_queued": 0, "total_tasks_queued": 0,
-                      "rationing_engaged": over, "limit_reason": "emulated" if over else ""}
+            detail = {"accesskey_ration": 74, "accesskey_tasks_queued": 0, "bucket_ration": 24,
+                      "bucket_tasks_queued": 0, "limit_reason": self.limit_reason if over else "",
+                      "rationing_engaged": over, "rationing_level": 1399, "total_global_limit": 1799,
+                      "total_tasks_queued": 1799 if over else 1017}
             return _json({"bucket": query.get("bucket"), "accesskey": query.get("accesskey"),
                           "over_limit": over, "detail": detail})
         if method not in ("PUT", "DELETE"):
             return _s3_error(405, "MethodNotAllowed", f"{method} {path} is not emulated")
         scheme, _, credentials = (headers.get("Authorization") or "").partition(" ")
         access, _, secret = credentials.partition(":")
-        if scheme != "LOW" or not access or self.keys.get(access) != secret:
+        if scheme != "LOW" or not self._writer(access, secret):
             return _s3_error(403, "InvalidAccessKeyId", "The S3 access key and secret you provided are not valid.")
         identifier, _, key = path.lstrip("/").partition("/")
         if not _IDENTIFIER.match(identifier):
             return _s3_error(400, "InvalidBucketName", f"Invalid identifier: {identifier!r}")
+        with self._lock:
+            existing = self._items.get(identifier)
+            if existing is not None and existing.dark:
+                return _s3_error(403, "AccessDenied", "Access Denied", "This item has been taken offline")
+            if existing is not None and existing.owner is not None and existing.owner != access:
+                return _s3_error(403, "AccessDenied", "Access Denied",
+                                 "You lack sufficient privileges to write to this item.")
         keep_old = (headers.get("x-archive-keep-old-version") or "").strip() == "1"
         if method == "DELETE":
             with self._lock:
                 item = self._items.get(identifier)
                 old = item.files.pop(key, None) if item else None
                 if item and old and keep_old:
-                    self._keep_history(item, key, old, self.clock())
+                    self._keep_history(item, key, old, self.clock(), self.clock())
             return 204, {}, b""
         md5 = hashlib.md5(body).hexdigest()
         if headers.get("Content-MD5"):
@@ -515,23 +796,39 @@ class IAEmulator:
             if item is None:
                 if (headers.get("x-archive-auto-make-bucket") or "").strip() != "1":
                     return _s3_error(404, "NoSuchBucket", f"The item {identifier!r} does not exist.")
-                item = self._items[identifier] = _Item({"identifier": identifier}, now)
-            item.metadata.update(_meta_from_headers(headers))
-            if key:  # a PUT on the bare bucket only creates the item
-                new = _stored(body, now, now + self.metadata_lag, _flip(body) if corrupt else None)
+                # Item metadata headers take effect only when the PUT creates the item (IA-S3 docs).
+                item = self._items[identifier] = _Item({"identifier": identifier}, now, owner=access)
+                item.metadata.update(_meta_from_headers(headers))
+            if key and self._ingest_fails(identifier, key):
+                self.failed_ingests.append((identifier, key))
+            elif key:  # a PUT on the bare bucket only creates the item
+                ingested = now + self.ingest_lag
+                new = _stored(body, now, ingested, ingested + self.metadata_lag, _flip(body) if corrupt else None)
                 old = item.files.get(key)
                 if old is not None:
                     if keep_old:
-                        self._keep_history(item, key, old, new.visible_at)
-                    if old.visible_at <= now:
-                        old.previous = None  # the listing will never need to look further back
+                        self._keep_history(item, key, old, new.ingested_at, new.listed_at)
+                    if old.listed_at <= now:
+                        old.previous = None  # readers will never need to look further back
                     new.previous = old
                 item.files[key] = new
         return 200, {"ETag": f'"{md5}"'}, b""
 
+    def _ingest_fails(self, identifier: str, key: str) -> bool:
+        """Whether this PUT's ingest is armed to fail (consumes one use). Caller holds the lock."""
+        for failure in self._ingest_failures:
+            if failure.matches(identifier, key):
+                if failure.times is not None:
+                    failure.times -= 1
+                    if failure.times == 0:
+                        self._ingest_failures.remove(failure)
+                return True
+        return False
+
     @staticmethod
-    def _keep_history(item: _Item, key: str, old: _Stored, visible_at: float) -> None:
-        """x-archive-keep-old-version: the replaced bytes live on as history/files/{key}.~N~ (N from 1)."""
+    def _keep_history(item: _Item, key: str, old: _Stored, ingested_at: float, listed_at: float) -> None:
+        """x-archive-keep-old-version: the replaced bytes live on as history/files/{key}.~N~ (N from 1), from the
+        moment the replacement is ingested."""
         prefix = f"history/files/{key}.~"
         n = 1 + sum(1 for k in item.files if k.startswith(prefix) and k.endswith("~"))
-        item.files[f"{prefix}{n}~"] = replace(old, visible_at=visible_at, previous=None)
+        item.files[f"{prefix}{n}~"] = replace(old, ingested_at=ingested_at, listed_at=listed_at, previous=None)
