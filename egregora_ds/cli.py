@@ -321,11 +321,17 @@ def remote_remove(name: str) -> None:
 def push(
     remote: Annotated[str, typer.Argument(help="Remote name.")] = "origin",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; upload nothing.")] = False,
+    wait: Annotated[
+        Optional[float],
+        typer.Option("--wait", min=0, help="Seconds to wait for archive.org to list the uploads before giving up "
+                     "for now (exit 75; run the push again later). Default 90."),
+    ] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Upload the objects the remote lacks, then manifests, then the dataset card, then the ref."""
+    """Upload the objects and manifests the remote lacks; once it lists them all, move its ref, then
+    rewrite its dataset card."""
     repo = _run(_repo)
-    result = _run(lambda: repo.push(remote, dry_run=dry_run, progress=_RichProgress()))
+    result = _run(lambda: repo.push(remote, dry_run=dry_run, progress=_RichProgress(), wait=wait))
     if json:
         return _print_json(result)
     if dry_run and result.plan is not None:
