@@ -304,9 +304,10 @@ def _execute(
         remote.put(key, repo.store.read_manifest_bytes(manifest_id))  # re-hashed as it is read
         record.record(accepted, [key])
 
-    if lagging:
+    if lagging and (plan.objects or plan.manifests or plan.pending):
         # The inventory must show everything the new ref reaches (one request per look), not just
-        # what this push sent: an earlier push's upload can have failed its ingest.
+        # what this push sent: an earlier push's upload can have failed its ingest. (The plan's
+        # inventory already showed every key not sent or pending.)
         unlisted = _await_listing(remote, planned.sizes, wait, progress)
         record.record(CONFIRMED, sorted(set(planned.sizes) - set(unlisted)))
         if unlisted:
