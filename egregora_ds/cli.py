@@ -341,15 +341,19 @@ def push(
             out.print(f"  upload {item.key} ({_size(item.bytes)})", markup=False)
         for key in plan.manifests:
             out.print(f"  upload {key}", markup=False)
+        if plan.pending:
+            out.print(f"  wait for the remote to list {len(plan.pending)} files an earlier push uploaded", markup=False)
+        out.print(f"  {'move' if plan.ref_update else 'keep'} ref egds/refs/main; {plan.objects_skipped} objects already there")
         if plan.card:
             out.print("  upload README.md and manifest.json")
-        out.print(f"  {'move' if plan.ref_update else 'keep'} ref egds/refs/main; {plan.objects_skipped} objects already there")
         return
     if not (result.objects_uploaded or result.manifests_uploaded or result.ref_updated or result.card_uploaded):
         out.print(f"{remote} is up to date (v{result.version}).")
-        return
-    out.print(f"Pushed v{result.version} to {remote}: {result.objects_uploaded} objects ({_size(result.bytes_uploaded)}), "
-              f"{result.manifests_uploaded} manifests; {result.objects_skipped} objects were already there")
+    else:
+        out.print(f"Pushed v{result.version} to {remote}: {result.objects_uploaded} objects ({_size(result.bytes_uploaded)}), "
+                  f"{result.manifests_uploaded} manifests; {result.objects_skipped} objects were already there")
+    if result.temp_files_removed:
+        out.print(f"Removed {result.temp_files_removed} temp files that interrupted pushes had left on {remote}.", markup=False)
 
 
 @app.command()

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import RemoteBackend, dir_tree, flip_byte, make_backend, make_chunks, make_embeddings, write_cache
@@ -644,3 +646,23 @@ def test_a_push_stopped_between_the_ref_and_the_card_is_finished_by_the_next_pus
     result = repo.push("origin")
     assert result.card_uploaded and not result.ref_updated and result.objects_uploaded == 0
     assert assert_consistent(backend, repo) == v2
+
+
+# ---- the holdings record as a log ---------------------------------------------------------------------
+
+_KEYS = st.sampled_from(["README.md", "manifest.json", "egds/refs/main", "egds/objects/ab/" + "ab" * 32 + ".parquet",
+                         "egds/manifests/" + "cd" * 32 + ".json"])
+_OBSERVATIONS = st.lists(st.tuples(st.sampled_from(["C", "U", "A"]), st.lists(_KEYS, max_size=3),
+                                   st.integers(0, 2**33)), max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(observations=_OBSERVATIONS)
+def test_the_holdings_record_reads_back_the_last_observation_of_every_key(tmp_path_factory, observations):
+    record = HoldingsRecord(tmp_path_factory.mktemp("record") / "origin.known")
+    expected: dict[str, tuple[str, float]] = {}
+    for state, keys, when in observations:
+        record.record(state, keys, when=when)
+        expected.update({key: (state, float(when)) for key in keys})
+    assert {k: (e.state, e.since) for k, e in record.entries().items()} == expected
+    assert record.load() == {k for k, (state, _) in expected.items() if state != "A"}
