@@ -9,7 +9,6 @@ never moves until the inventory shows everything it reaches, so a remote never n
 from __future__ import annotations
 
 import hashlib
-import os
 import shlex
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from .errors import EgdsError, MissingObject, UsageError
 from .ids import JSON, PARQUET, short
 from .model import Manifest
 from .progress import NO_PROGRESS, Progress
-from .remotes import ABSENT, CONFIRMED, UPLOADED, Holding, HoldingsRecord, RemoteConfig, open_remote
+from .remotes import ABSENT, CONFIRMED, UPLOADED, Holding, HoldingsRecord, RemoteConfig, env_seconds, open_remote
 from .revisions import history
 from .store.base import RefMoved, Remote, RemoteError, RemoteFile, UploadSource
 from .transfer import download_manifests, manifest_object_keys, read_remote_ref_bytes, run_bounded
@@ -103,8 +102,8 @@ class _Planned(msgspec.Struct, frozen=True):
     remote_ref_bytes: bytes | None  # what the ref's compare-and-swap expects
     sizes: dict[str, int]  # every key the new ref reaches -> its size (-1: unknown), for the listing check
     confirmed: list[str]  # keys the inventory lists that the record did not have as confirmed
-    latest: bytes  # manifest.json and README.md as this push writes them
-    card: bytes
+    latest: bytes  # manifest.json as this push writes it
+    card: bytes  # README.md as this push writes it
 
     @property
     def idle(self) -> bool:
@@ -126,7 +125,7 @@ def push(
     config = repo.remotes.get(name)
     remote = open_remote(config.url, title=config.title, description=config.description, license=config.license)
     record = HoldingsRecord(repo.remotes.record_dir / f"{name}.known")
-    grace = ingest_grace if ingest_grace is not None else float(os.environ.get("EGDS_INGEST_GRACE", INGEST_GRACE))
+    grace = ingest_grace if ingest_grace is not None else env_seconds("EGDS_INGEST_GRACE", INGEST_GRACE)
     # The one read of the local ref: the plan, the uploads, the card and the ref all derive from this
     # head and its (immutable) manifests, so a snapshot recorded meanwhile cannot leak into the push.
     head = repo.head()

@@ -13,7 +13,7 @@ import msgspec
 from .atomic import atomic_write_bytes
 from .errors import UsageError
 from .store.base import Remote
-from .store.directory import DirectoryRemote
+from .store.directory import LOCK_WAIT, DirectoryRemote
 from .store.ia import InternetArchiveRemote, check_identifier
 from .store.memory import memory_remote
 
@@ -90,8 +90,22 @@ def open_remote(url: str, *, title: str = "", description: str = "", subject: st
         return InternetArchiveRemote(url[3:], item_metadata=metadata, backoff=float(os.environ.get("EGDS_RETRY_BACKOFF", "1")))
     if url.startswith("memory:"):
         return memory_remote(url[len("memory:") :])
-    wait = os.environ.get("EGDS_REMOTE_LOCK_WAIT")  # how long a push waits for another one to finish
-    return DirectoryRemote(Path(url)) if wait is None else DirectoryRemote(Path(url), lock_wait=float(wait))
+    # How long a push waits for another push to the same directory to finish.
+    return DirectoryRemote(Path(url), lock_wait=env_seconds("EGDS_REMOTE_LOCK_WAIT", LOCK_WAIT))
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A duration in seconds from the environment variable `name`, else `default`."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"{name}={text!r} is not a number of seconds; set it to e.g. 60, or unset it")
+    return value
 
 
 class RemoteRegistry:

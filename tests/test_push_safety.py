@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from conftest import RemoteBackend, dir_tree, flip_byte, make_backend, make_chunks, make_embeddings, write_cache
+from conftest import RemoteBackend, dir_tree, flip_byte, make_chunks, make_embeddings, write_cache
 from egregora_ds import Repository
 from egregora_ds.card import CARD_KEY, LATEST_KEY, REF_KEY, manifest_key, object_key
 from egregora_ds.cli import app
@@ -666,3 +666,63 @@ def test_the_holdings_record_reads_back_the_last_observation_of_every_key(tmp_pa
         expected.update({key: (state, float(when)) for key in keys})
     assert {k: (e.state, e.since) for k, e in record.entries().items()} == expected
     assert record.load() == {k for k, (state, _) in expected.items() if state != "A"}
+
+
+# ---- kill -9 at random moments of a push to a directory -------------------------------------------------
+
+KILLABLE_PUSH = """
+import sys
+from pathlib import Path
+from egregora_ds import Repository
+repo = Repository.open(sys.argv[1])
+Path(sys.argv[2]).write_text("ready")
+repo.push("origin")
+"""
+
+
+def remote_files(path: Path) -> dict[str, bytes]:
+    """The remote's files, but the lock file (it holds its last holder's pid)."""
+    return {k: v for k, v in dir_tree(path).items() if Path(k).as_posix() != "egds/lock"}
+
+
+@pytest.mark.slow
+def test_a_push_killed_at_random_moments_is_finished_by_a_re_run_identical_to_a_clean_push(tmp_path):
+    import random
+
+    rows = 2400
+    repo = Repository.init(tmp_path / "origin", cache="cache/rag", partitioning="month", model="test-model")
+    write_cache(repo.cache_path, make_chunks(rows, months=24), make_embeddings(rows, dim=64), index={"n": 24})
+    head = repo.snapshot("v1").id
+    repo.remote_add("clean", str(tmp_path / "clean"))
+    repo.push("clean")
+    clean = remote_files(tmp_path / "clean")
+    trials = int(os.environ.get("EGDS_KILL_TRIALS", "5"))
+    rng = random.Random(int(os.environ.get("EGDS_KILL_SEED", "7")))
+    killed_mid_push = 0
+    for trial in range(trials):
+        remote = tmp_path / f"remote-{trial}"
+        if "origin" in repo.remote_list():
+            repo.remote_remove("origin")
+        repo.remote_add("origin", str(remote))
+        ready = tmp_path / f"ready-{trial}"
+        victim = subprocess.Popen([sys.executable, "-c", KILLABLE_PUSH, str(repo.root), str(ready)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_for([ready])
+            time.sleep(rng.uniform(0, 0.15))  # a push of this repository takes ~0.1-0.3 s here
+            os.kill(victim.pid, signal.SIGKILL)
+            code = victim.wait(timeout=60)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+        killed_mid_push += code == -signal.SIGKILL
+        backend = RemoteBackend("directory", str(remote), path=remote)
+        ref = remote_ref(backend) if remote.exists() else None
+        if ref is not None:  # whatever the moment, a ref never names data the remote lacks
+            assert chain_keys(repo, ref) <= set(backend.stored()), trial
+        repo.push("origin")
+        # Bit-identical to a clean push (the card names its own remote's path), and no temp file left.
+        finished = remote_files(remote)
+        finished[CARD_KEY] = finished[CARD_KEY].replace(str(remote).encode(), str(tmp_path / "clean").encode())
+        assert finished == clean, trial
+    assert killed_mid_push >= 1, "no kill landed during a push: the campaign tested nothing"
