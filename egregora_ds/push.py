@@ -308,12 +308,13 @@ def _execute(
         # what this push sent: an earlier push's upload can have failed its ingest. (The plan's
         # inventory already showed every key not sent or pending.)
         unlisted = _await_listing(remote, planned.sizes, wait, progress)
-        record.record(CONFIRMED, sorted(set(planned.sizes) - set(unlisted)))
+        awaited = [o.key for o in plan.objects] + plan.manifests + plan.pending
+        record.record(CONFIRMED, sorted(set(awaited) - set(unlisted)))
         if unlisted:
             raise _pending(name, remote, plan, unlisted, wait, grace)
 
     if plan.ref_update:
-        _move_remote_ref(repo, name, remote, plan.ref, planned.remote_ref_bytes, planned.plan.url)
+        _move_remote_ref(repo, name, remote, plan.ref, planned.remote_ref_bytes)
     elif plan.card:
         # Only the card needs rewriting (an earlier push stopped after the ref): it must describe the
         # ref the remote holds now, which a remote without a lock may have seen move meanwhile.
@@ -374,7 +375,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
-def _move_remote_ref(repo: Repository, name: str, remote: Remote, new: str, expected: bytes | None, url: str) -> None:
+def _move_remote_ref(repo: Repository, name: str, remote: Remote, new: str, expected: bytes | None) -> None:
     """Compare-and-swap the remote ref from what the plan read to `new`. If someone pushed since,
     and what they pushed is still in our history (a fast-forward), swap against that instead."""
     chain = {i for i, _ in _history(repo, new)}

@@ -398,6 +398,9 @@ def test_the_holdings_record_notes_uploads_as_unconfirmed_until_the_listing_show
     filled_repo.push("origin", wait=0)
     assert {e.state for e in record.entries().values()} == {"C"}
     assert record.load() == set(entries)
+    size = record.path.stat().st_size
+    filled_repo.push("origin", wait=0)
+    assert record.path.stat().st_size == size, "an unchanged remote adds nothing to the record"
 
 
 def test_a_holdings_record_of_the_first_format_reads_as_unconfirmed_uploads(tmp_path):
