@@ -37,6 +37,17 @@ LISTING_WAIT = 90.0
 INGEST_GRACE = 3600.0
 #: The longest pause between two listings while waiting.
 _MAX_POLL_DELAY = 15.0
+#: The title, description and license the remote's card was last written with (SPEC.md §14.1), so a
+#: push from a clone (whose remote config has none of them) keeps them instead of publishing a card
+#: that says "License: not specified".
+CARD_SETTINGS_KEY = f"{PREFIX}/card.json"
+_MAX_CARD_SETTINGS_BYTES = 1 << 20
+
+
+class CardSettings(msgspec.Struct, frozen=True):
+    title: str = ""
+    description: str = ""
+    license: str = ""
 
 
 class NonFastForward(EgdsError):
@@ -103,7 +114,9 @@ class _Planned(msgspec.Struct, frozen=True):
     sizes: dict[str, int]  # every key the new ref reaches -> its size (-1: unknown), for the listing check
     confirmed: list[str]  # keys the inventory lists that the record did not have as confirmed
     latest: bytes  # manifest.json as this push writes it
-    card: bytes  # README.md as this push writes it
+    chain: list[tuple[str, Manifest]]  # the view the card describes
+    config: RemoteConfig
+    inherit_card_settings: bool  # read the title, description and license from the remote's egds/card.json
 
     @property
     def idle(self) -> bool:
@@ -243,11 +256,13 @@ def _plan(
             uploads.append(PlannedUpload(key, size))
 
     latest = latest_json(head, chain[0][1])
-    card = remote_card(config, chain)
     # A push that moves the ref rewrites the card; otherwise only if an earlier push stopped before
     # finishing it. manifest.json is written last and depends on the ref alone, so it tells (README.md
-    # also carries the pusher's title and license, which a clone does not have).
+    # also carries the title and license, which a clone's remote config does not have).
     card_stale = remote_ref != head or not _holds(remote, inventory, LATEST_KEY, latest, lagging)
+    # A clone's remote config has no title or license: its card keeps those the remote's card had.
+    inherit = (not (config.title or config.description or config.license) and remote_ref is not None
+               and (CARD_SETTINGS_KEY in inventory or lagging))
     plan = PushPlan(
         remote=name,
         url=remote.url,
@@ -262,7 +277,7 @@ def _plan(
         pending=pending,
         lost=lost,
     )
-    return _Planned(plan, remote_ref_bytes, sizes, confirmed, latest, card)
+    return _Planned(plan, remote_ref_bytes, sizes, confirmed, latest, chain, config, inherit)
 
 
 def _execute(
@@ -323,7 +338,12 @@ def _execute(
             raise NonFastForward(f"remote {name} moved to {short(current or '')} while pushing: run `egds pull {name}`, then push again")
     if plan.card:
         # After the ref, by the pusher that moved it: the card and manifest.json describe a ref that exists.
-        remote.put(CARD_KEY, planned.card)
+        config = planned.config
+        settings = _remote_card_settings(remote) if planned.inherit_card_settings else None
+        settings = settings or CardSettings(config.title, config.description, config.license)
+        card = remote_card(msgspec.structs.replace(config, **msgspec.structs.asdict(settings)), planned.chain)
+        remote.put(CARD_SETTINGS_KEY, msgspec.json.encode(settings) + b"\n")
+        remote.put(CARD_KEY, card)
         remote.put(LATEST_KEY, planned.latest)  # last: it is how a later push tells the card is complete
     repo.store.write_ref(f"remotes/{name}/main", plan.ref)
     return _result(plan, dry_run=False, nbytes=nbytes)
@@ -438,6 +458,16 @@ def _check_ownership(name: str, remote: Remote, inventory: dict[str, RemoteFile]
             f"push writes nothing there: push to {where} instead (`egds remote remove {name}`, then "
             f"`egds remote add {name} URL`)"
         )
+
+
+def _remote_card_settings(remote: Remote) -> CardSettings | None:
+    """The settings the remote's card was last written with, or None (absent or not such a document).
+    A failed read fails the push (before the card is written; a re-run writes it)."""
+    data = remote.get(CARD_SETTINGS_KEY, _MAX_CARD_SETTINGS_BYTES)
+    try:
+        return None if data is None else msgspec.json.decode(data, type=CardSettings)
+    except msgspec.DecodeError:
+        return None  # damaged: a card with this repository's (empty) settings, as before there was one
 
 
 def _same_size(listed: RemoteFile, size: int) -> bool:

@@ -213,7 +213,7 @@ class HoldingsRecord:
     def record(self, state: str, keys: list[str], when: float | None = None) -> None:
         if not keys:
             return
-        stamp = f"{time.time() if when is None else when:.0f}"
+        stamp = str(int(time.time() if when is None else when))  # whole seconds, never later than now
         text = "".join(f"{state} {stamp} {key}\n" for key in keys)
         with self._lock:  # uploads finish on several threads
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import pytest
 from conftest import assert_same_cache, make_chunks, make_embeddings, object_files, write_cache
 from egregora_ds import Repository
 from egregora_ds.card import CARD_KEY, LATEST_KEY, REF_KEY, manifest_key, object_key
-from egregora_ds.push import ListingPending, NonFastForward, PushResult
+from egregora_ds.push import CARD_SETTINGS_KEY, ListingPending, NonFastForward, PushResult
 from egregora_ds.remotes import license_metadata
 from egregora_ds.testing.ia_emulator import DATANODE, S3_HOST, IAEmulator, RequestRecord
 from egregora_ds.transfer import manifest_object_keys
@@ -152,7 +152,8 @@ def test_pushing_v1_puts_each_object_once_then_the_manifest_then_the_ref_then_th
     objects = version_object_keys(pub.repo, pub.v1)
     assert len(objects) == 7  # 6 monthly partitions + index.json
     puts = put_keys(log)
-    assert puts == Counter({**{k: 1 for k in objects}, manifest_key(pub.v1): 1, CARD_KEY: 1, LATEST_KEY: 1, REF_KEY: 1})
+    assert puts == Counter({**{k: 1 for k in objects}, manifest_key(pub.v1): 1, CARD_SETTINGS_KEY: 1, CARD_KEY: 1,
+                            LATEST_KEY: 1, REF_KEY: 1})
     assert pub.v1_result.objects_uploaded == 7 and pub.v1_result.manifests_uploaded == 1
     assert pub.v1_result.ref_updated and pub.v1_result.card_uploaded
 
@@ -161,7 +162,7 @@ def test_pushing_v1_puts_each_object_once_then_the_manifest_then_the_ref_then_th
     position = {key_of(r): i for i, r in enumerate(log) if r.method == "PUT"}
     listings = [i for i, r in enumerate(log) if key_of(r) == "<metadata>"]
     assert max(position[k] for k in objects) < position[manifest_key(pub.v1)] < listings[-1] < position[REF_KEY]
-    assert position[REF_KEY] < position[CARD_KEY] < position[LATEST_KEY]
+    assert position[REF_KEY] < position[CARD_SETTINGS_KEY] < position[CARD_KEY] < position[LATEST_KEY]
     assert log[-1].method == "PUT" and key_of(log[-1]) == LATEST_KEY and log[-1].status == 200
 
     # One listing to plan, one to see the uploads listed; nothing else is read except the ref (before
@@ -213,8 +214,9 @@ def test_pushing_v2_puts_only_the_changed_partition_its_manifest_the_card_and_th
     pub, log = published, published.v2_log
     new = version_object_keys(pub.repo, pub.v2) - version_object_keys(pub.repo, pub.v1)
     assert len(new) == 1 and next(iter(new)).endswith(".parquet")
-    assert put_keys(log) == Counter({next(iter(new)): 1, manifest_key(pub.v2): 1, CARD_KEY: 1, LATEST_KEY: 1, REF_KEY: 1})
-    assert [key_of(r) for r in log if r.method == "PUT"][-3:] == [REF_KEY, CARD_KEY, LATEST_KEY]
+    assert put_keys(log) == Counter({next(iter(new)): 1, manifest_key(pub.v2): 1, CARD_SETTINGS_KEY: 1, CARD_KEY: 1,
+                                     LATEST_KEY: 1, REF_KEY: 1})
+    assert [key_of(r) for r in log if r.method == "PUT"][-4:] == [REF_KEY, CARD_SETTINGS_KEY, CARD_KEY, LATEST_KEY]
     assert [key_of(r) for r in log if r.method == "GET"].count("<metadata>") == 2
     assert pub.v2_result.objects_uploaded == 1 and pub.v2_result.objects_skipped == 7
     assert pub.v2_result.manifests_uploaded == 1
@@ -254,7 +256,7 @@ def test_a_push_waits_for_the_listing_and_a_re_run_while_it_lags_uploads_nothing
     emu.settle()  # archive.org's tasks ran
     start = len(emu.requests)
     done = repo.push("origin", wait=0)
-    assert set(put_keys(emu.requests[start:])) == {REF_KEY, CARD_KEY, LATEST_KEY}
+    assert set(put_keys(emu.requests[start:])) == {REF_KEY, CARD_SETTINGS_KEY, CARD_KEY, LATEST_KEY}
     assert done.ref_updated and done.objects_uploaded == 0 and done.objects_skipped == 7
     assert emu.get_file(ITEM, REF_KEY) == f"{head}\n".encode()
 
@@ -278,7 +280,7 @@ def test_a_dry_run_push_only_reads_and_needs_no_credentials(repo: Repository, em
         monkeypatch.setenv(name, value)
     start = len(emu.requests)
     repo.push("origin")
-    assert set(put_keys(emu.requests[start:])) == planned | {manifest_key(head), CARD_KEY, LATEST_KEY, REF_KEY}
+    assert set(put_keys(emu.requests[start:])) == planned | {manifest_key(head), CARD_SETTINGS_KEY, CARD_KEY, LATEST_KEY, REF_KEY}
 
 
 def test_a_dry_run_through_the_cli_prints_the_plan_and_makes_no_put(repo: Repository, emu: IAEmulator):

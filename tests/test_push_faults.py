@@ -39,7 +39,7 @@ from conftest import assert_same_cache, make_chunks, make_embeddings, object_fil
 from egregora_ds import Repository
 from egregora_ds.card import CARD_KEY, LATEST_KEY, REF_KEY, manifest_key, object_key
 from egregora_ds.errors import CorruptObject, EgdsError
-from egregora_ds.push import ListingPending, PushResult
+from egregora_ds.push import CARD_SETTINGS_KEY, ListingPending, PushResult
 from egregora_ds.store.base import RemoteError
 from egregora_ds.testing.ia_emulator import S3_HOST, IAEmulator, RequestRecord
 from egregora_ds.transfer import DOWNLOAD_ATTEMPTS, manifest_object_keys
@@ -220,12 +220,15 @@ def test_the_clean_runs_have_the_expected_shape(template: Template):
     v1, v2 = template.clean["v1"], template.clean["v2"]
     assert [str(s) for s in v1[:2]] == [f"GET {REF_KEY}", f"GET {METADATA}"]
     # Run 1 ends with a look at the listing (it lags: ListingPending); run 2 plans, swaps the ref, writes the card.
-    assert [str(s) for s in v1[-7:]] == [f"GET {METADATA} (#2)", f"GET {REF_KEY} (#2)", f"GET {METADATA} (#3)",
-                                         f"GET {REF_KEY} (#3)", f"PUT {REF_KEY}", f"PUT {CARD_KEY}", f"PUT {LATEST_KEY}"]
-    assert [str(s) for s in v2[-7:]] == [str(s) for s in v1[-7:]]
-    # 3 partitions + index.json, 1 manifest; 3 ref reads, 3 listings; the ref, README.md + manifest.json.
-    assert len(v1) == 4 + 1 + 3 + 3 + 1 + 2
-    assert len(v2) == 1 + 1 + 3 + 3 + 1 + 2  # one changed partition
+    card = [f"PUT {CARD_SETTINGS_KEY}", f"PUT {CARD_KEY}", f"PUT {LATEST_KEY}"]
+    assert [str(s) for s in v1[-8:]] == [f"GET {METADATA} (#2)", f"GET {REF_KEY} (#2)", f"GET {METADATA} (#3)",
+                                         f"GET {REF_KEY} (#3)", f"PUT {REF_KEY}", *card]
+    # v2's item has a card already: its settings are read (this repository has no title or license of its own).
+    assert [str(s) for s in v2[-9:]] == [f"GET {METADATA} (#2)", f"GET {REF_KEY} (#2)", f"GET {METADATA} (#3)",
+                                         f"GET {REF_KEY} (#3)", f"PUT {REF_KEY}", f"GET {CARD_SETTINGS_KEY}", *card]
+    # 3 partitions + index.json, 1 manifest; 3 ref reads, 3 listings; the ref, the card's 3 files.
+    assert len(v1) == 4 + 1 + 3 + 3 + 1 + 3
+    assert len(v2) == 1 + 1 + 3 + 3 + 1 + 1 + 3  # one changed partition; the card settings read
     assert [s.key for s in template.clone].count(METADATA) == 0
 
 
@@ -240,7 +243,7 @@ def check_remote(emu: IAEmulator, identifier: str, t: Template, scenario: str, b
 
     # 1. Every key stored, with the local bytes; nothing else but the card and the ref.
     files = ours(emu.files(identifier))
-    assert set(files) == reached | {CARD_KEY, LATEST_KEY, REF_KEY}, case
+    assert set(files) == reached | {CARD_KEY, LATEST_KEY, REF_KEY, CARD_SETTINGS_KEY}, case
     assert all(files[k] == local_bytes(repo, k) for k in reached), case
     assert files[REF_KEY] == f"{head}\n".encode(), case
 
@@ -342,7 +345,7 @@ def test_a_request_that_fails_every_attempt_stops_the_push_cleanly_and_a_re_run_
             # The remote's old ref is intact (v1 never had one, v2's item still names v1), unless only the
             # card failed: it is written after the ref moved, and the re-run rewrites it.
             head = template.v1 if scenario == "v1" else template.v2
-            after_ref = step.method == "PUT" and step.key in (CARD_KEY, LATEST_KEY)
+            after_ref = step.key in (CARD_KEY, LATEST_KEY, CARD_SETTINGS_KEY)  # the card's reads and writes
             expected_ref = f"{head}\n".encode() if after_ref else before.get(REF_KEY)
             assert emu.get_file(identifier, REF_KEY) == expected_ref, (case, str(step))
             result = push_through(repo, case, emu)

@@ -744,3 +744,23 @@ def test_a_push_killed_at_random_moments_is_finished_by_a_re_run_identical_to_a_
                 assert not list(target.path.rglob("*.tmp")), trial
         assert emu.errors == []
     assert killed_mid_push >= 1, "no kill landed during a push: the campaign tested nothing"
+
+
+@two_backends
+def test_a_push_from_a_clone_keeps_the_title_and_license_the_publisher_gave_the_card(remote_backend, tmp_path):
+    publisher = new_repo(tmp_path / "publisher")
+    publisher.remote_add("origin", remote_backend.url, title="Egregora embeddings", license="CC-BY-4.0",
+                         description="Newsletter chunks.")
+    publisher.push("origin")
+    remote_backend.settle()
+    with remote_backend.anonymous():
+        Repository.clone(remote_backend.url, tmp_path / "collaborator")
+    collaborator = Repository.open(tmp_path / "collaborator")
+    assert collaborator.remote_list()["origin"].title == ""  # a clone knows only the URL
+    v2 = edit(collaborator, "a collaborator's version")
+    collaborator.push("origin")
+    remote_backend.settle()
+    assert assert_consistent(remote_backend, collaborator) == v2
+    card = remote_backend.stored()[CARD_KEY].decode()
+    assert card.startswith("# Egregora embeddings\n") and "**License:** CC-BY-4.0" in card and "Newsletter chunks." in card
+    assert "| v2 |" in card
