@@ -599,14 +599,14 @@ def test_an_up_to_date_push_still_removes_stale_temp_files_of_egds_and_keeps_oth
     key = next(k for k in chain_keys(repo, v1) if k.endswith(PARQUET))
     folder, name = key.rsplit("/", 1)
     ours = [backend.path / folder / f".{name}.a1b2c3d4.tmp", backend.path / ".README.md.x_y9z8w7.tmp",
-            backend.path / "egds" / "refs" / ".main.k3j4h5g6.tmp"]
+            backend.path / "egds" / "refs" / ".main.k3j4h5g6.tmp", backend.path / "egds" / ".card.json.q1w2e3r4.tmp"]
     for path in ours:
         path.write_bytes(b"left by a killed push")
     theirs = [backend.path / ".notes.tmp", backend.path / "egds" / ".my-own.tmp"]
     for path in theirs:
         path.write_bytes(b"not egds's")
     result = repo.push("origin")
-    assert result.temp_files_removed == 3 and not result.ref_updated and result.objects_uploaded == 0
+    assert result.temp_files_removed == 4 and not result.ref_updated and result.objects_uploaded == 0
     assert not any(p.exists() for p in ours) and all(p.exists() for p in theirs)
 
 

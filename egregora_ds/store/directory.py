@@ -30,7 +30,7 @@ LOCK_KEY = "egds/lock"
 LOCK_WAIT = 300.0
 # Temp files egds's atomic writes leave when killed: `.NAME.XXXXXXXX.tmp` (tempfile.mkstemp), where
 # NAME is a key's last part. Only these are ever removed: a name egds never writes is not ours.
-_OWN_TEMP_IN_EGDS = re.compile(r"\.(?:[0-9a-f]{64}\.(?:parquet|json)|main)\.[a-z0-9_]+\.tmp")
+_OWN_TEMP_IN_EGDS = re.compile(r"\.(?:[0-9a-f]{64}\.(?:parquet|json)|main|card\.json)\.[a-z0-9_]+\.tmp")
 _OWN_TEMP_AT_ROOT = re.compile(r"\.(?:README\.md|manifest\.json)\.[a-z0-9_]+\.tmp")
 
 
@@ -157,7 +157,7 @@ class DirectoryRemote:
             delay = min(delay * 2, 0.5)
 
     def own_temp_files(self) -> list[Path]:
-        """Temp files egds's own writes left here when killed (see _OWN_TEMP_*), oldest first."""
+        """Temp files egds's own writes left here when killed (see _OWN_TEMP_*)."""
         found = [p for p in self.root.glob(".*.tmp") if _OWN_TEMP_AT_ROOT.fullmatch(p.name)] if self.root.is_dir() else []
         egds = self.root / "egds"
         if egds.is_dir():
