@@ -441,11 +441,17 @@ def remote_remove(name: str) -> None:
 def push(
     remote: Annotated[str, typer.Argument(help="Remote name.")] = "origin",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; upload nothing.")] = False,
+    wait: Annotated[
+        Optional[float],
+        typer.Option("--wait", min=0, help="Seconds to wait for archive.org to list the uploads before giving up "
+                     "for now (exit 75; run the push again later). Default 90."),
+    ] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Upload the objects the remote lacks, then manifests, then the dataset card, then the ref."""
+    """Upload the objects and manifests the remote lacks; once it lists them all, move its ref, then
+    rewrite its dataset card."""
     repo = _run(_repo)
-    result = _run(lambda: repo.push(remote, dry_run=dry_run, progress=_RichProgress()))
+    result = _run(lambda: repo.push(remote, dry_run=dry_run, progress=_RichProgress(), wait=wait))
     if json:
         return _print_json(result)
     if dry_run and result.plan is not None:
@@ -455,15 +461,19 @@ def push(
             out.print(f"  upload {item.key} ({_size(item.bytes)})", markup=False)
         for key in plan.manifests:
             out.print(f"  upload {key}", markup=False)
+        if plan.pending:
+            out.print(f"  wait for the remote to list {len(plan.pending)} files an earlier push uploaded", markup=False)
+        out.print(f"  {'move' if plan.ref_update else 'keep'} ref egds/refs/main; {plan.objects_skipped} objects already there")
         if plan.card:
             out.print("  upload README.md and manifest.json")
-        out.print(f"  {'move' if plan.ref_update else 'keep'} ref egds/refs/main; {plan.objects_skipped} objects already there")
         return
     if not (result.objects_uploaded or result.manifests_uploaded or result.ref_updated or result.card_uploaded):
         out.print(f"{remote} is up to date (v{result.version}).")
-        return
-    out.print(f"Pushed v{result.version} to {remote}: {result.objects_uploaded} objects ({_size(result.bytes_uploaded)}), "
-              f"{result.manifests_uploaded} manifests; {result.objects_skipped} objects were already there")
+    else:
+        out.print(f"Pushed v{result.version} to {remote}: {result.objects_uploaded} objects ({_size(result.bytes_uploaded)}), "
+                  f"{result.manifests_uploaded} manifests; {result.objects_skipped} objects were already there")
+    if result.temp_files_removed:
+        out.print(f"Removed {result.temp_files_removed} temp files that interrupted pushes had left on {remote}.", markup=False)
 
 
 @app.command()

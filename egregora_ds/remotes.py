@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -11,7 +13,7 @@ import msgspec
 from .atomic import atomic_write_bytes
 from .errors import UsageError
 from .store.base import Remote
-from .store.directory import DirectoryRemote
+from .store.directory import LOCK_WAIT, DirectoryRemote
 from .store.ia import InternetArchiveRemote, check_identifier
 from .store.memory import memory_remote
 
@@ -40,6 +42,14 @@ def normalise_url(url: str, base: Path) -> str:
         return str(Path(path).resolve())
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url) or not url:
         raise UsageError(f"unsupported remote URL {url!r}: use a directory path, file:///path or ia:IDENTIFIER")
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", url)
+    if scheme and not (os.name == "nt" and re.match(r"^[A-Za-z]:[\\/]", url)):
+        # `ai:ID` (a typo of ia:ID) would otherwise become a local folder named "ai:ID", and a push
+        # "succeed" into it. A folder whose name has a colon is still reachable as ./NAME.
+        raise UsageError(
+            f"unknown remote URL scheme {scheme.group(1) + ':'!r} in {url!r}: use ia:IDENTIFIER for an Internet "
+            f"Archive item, a directory path or file:///absolute/path (write ./{url} for a folder of that name)"
+        )
     return str((base / url).resolve())
 
 
@@ -80,7 +90,22 @@ def open_remote(url: str, *, title: str = "", description: str = "", subject: st
         return InternetArchiveRemote(url[3:], item_metadata=metadata, backoff=float(os.environ.get("EGDS_RETRY_BACKOFF", "1")))
     if url.startswith("memory:"):
         return memory_remote(url[len("memory:") :])
-    return DirectoryRemote(Path(url))
+    # How long a push waits for another push to the same directory to finish.
+    return DirectoryRemote(Path(url), lock_wait=env_seconds("EGDS_REMOTE_LOCK_WAIT", LOCK_WAIT))
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A duration in seconds from the environment variable `name`, else `default`."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"{name}={text!r} is not a number of seconds; set it to e.g. 60, or unset it")
+    return value
 
 
 class RemoteRegistry:
@@ -127,33 +152,74 @@ class RemoteRegistry:
         return remotes[name]
 
 
-class HoldingsRecord:
-    """Keys a remote is known to hold because we uploaded or downloaded and verified them.
+CONFIRMED, UPLOADED, ABSENT = "C", "U", "A"
+_HOLDINGS_HEADER = (
+    "# egds holdings record 2: one line per observation, STATE UNIX-SECONDS KEY; C = confirmed (listed by the "
+    "remote's inventory or read back and verified), U = uploaded (accepted, not listed yet), A = absent (not "
+    "listed); the last line for a key wins\n"
+)
+_HOLDING_LINE = re.compile(r"([CUA]) (\d{1,12}(?:\.\d*)?) (\S+)")
 
-    Append-only lines, flushed after each key, so an interrupted push keeps what it achieved and
-    IA's metadata lag (a fresh upload missing from the listing for minutes) never causes a re-upload.
+
+class Holding(msgspec.Struct, frozen=True):
+    state: str
+    """CONFIRMED, UPLOADED or ABSENT."""
+    since: float
+    """Unix time of the observation (0 for a line of the first format, which had no time)."""
+
+
+class HoldingsRecord:
+    """What we last saw a remote hold: `.egds/remotes/<name>.known` (SPEC.md §14.2).
+
+    A cache of the remote's own listing, never a substitute for it: push reads the inventory every
+    time and only uses the record for what the listing cannot show yet, i.e. an upload archive.org
+    accepted but has not ingested (UPLOADED, with its time, so a re-run neither re-uploads it while it
+    may still appear nor waits for it forever). Append-only and fsynced per call, so an interrupted
+    push keeps what it achieved; the last line for a key wins. A line that is just a key (the first
+    format) reads as UPLOADED at time 0: never trusted without the listing.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.Lock()
+
+    def entries(self) -> dict[str, Holding]:
+        try:
+            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return {}
+        found: dict[str, Holding] = {}
+        for line in lines:
+            if not line or line.startswith("#"):
+                continue
+            match = _HOLDING_LINE.fullmatch(line)
+            if match:
+                found[match.group(3)] = Holding(match.group(1), float(match.group(2)))
+            elif " " not in line:
+                found[line] = Holding(UPLOADED, 0.0)
+        return found
 
     def load(self) -> set[str]:
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return set()
-        return {line for line in lines if line and not line.startswith("#")}
+        """Keys the remote holds or was last seen to accept (confirmed or uploaded, not absent)."""
+        return {key for key, holding in self.entries().items() if holding.state != ABSENT}
 
     def add(self, key: str) -> None:
         self.add_many([key])
 
     def add_many(self, keys: list[str]) -> None:
+        """Record keys as confirmed: read back from the remote and verified (fetch, clone, pull)."""
+        self.record(CONFIRMED, keys)
+
+    def record(self, state: str, keys: list[str], when: float | None = None) -> None:
         if not keys:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as out:
-            out.write("".join(key + "\n" for key in keys))
-            out.flush()
-            os.fsync(out.fileno())
-
-
+        stamp = str(int(time.time() if when is None else when))  # whole seconds, never later than now
+        text = "".join(f"{state} {stamp} {key}\n" for key in keys)
+        with self._lock:  # uploads finish on several threads
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as out:
+                if out.tell() == 0:
+                    out.write(_HOLDINGS_HEADER)
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())

@@ -196,13 +196,13 @@ class Repository:
     def history(self) -> list[tuple[str, Manifest]]:
         """(id, manifest) from latest back to version 1."""
         chain: list[tuple[str, Manifest]] = []
-        current = self.head()
+        head = current = self.head()  # read once: a snapshot may move it meanwhile
         # Load the chain lazily: only the manifests it names are read and verified.
         loaded: dict[str, Manifest] = {}
         while current is not None and current not in loaded:
             loaded[current] = self.manifest(current)
             current = loaded[current].parent
-        chain = history(self.head(), loaded)
+        chain = history(head, loaded)
         return chain
 
     def tags(self) -> dict[str, str]:
@@ -385,10 +385,18 @@ class Repository:
     def remote_list(self) -> dict[str, RemoteConfig]:
         return self.remotes.load()
 
-    def push(self, remote: str = "origin", *, dry_run: bool = False, progress: Progress = NO_PROGRESS) -> PushResult:
+    def push(
+        self,
+        remote: str = "origin",
+        *,
+        dry_run: bool = False,
+        progress: Progress = NO_PROGRESS,
+        wait: float | None = None,
+        ingest_grace: float | None = None,
+    ) -> PushResult:
         from .push import push
 
-        return push(self, remote, dry_run=dry_run, progress=progress)
+        return push(self, remote, dry_run=dry_run, progress=progress, wait=wait, ingest_grace=ingest_grace)
 
     def pull(self, remote: str = "origin", *, progress: Progress = NO_PROGRESS) -> PullResult:
         from .clone import pull

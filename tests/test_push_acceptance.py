@@ -21,7 +21,7 @@ import pytest
 from conftest import assert_same_cache, make_chunks, make_embeddings, object_files, write_cache
 from egregora_ds import Repository
 from egregora_ds.card import CARD_KEY, LATEST_KEY, REF_KEY, manifest_key, object_key
-from egregora_ds.push import NonFastForward, PushResult
+from egregora_ds.push import CARD_SETTINGS_KEY, ListingPending, NonFastForward, PushResult
 from egregora_ds.remotes import license_metadata
 from egregora_ds.testing.ia_emulator import DATANODE, S3_HOST, IAEmulator, RequestRecord
 from egregora_ds.transfer import manifest_object_keys
@@ -147,25 +147,28 @@ def assert_clone_matches(clone_dir: Path, pub: Published) -> None:
 # ---- push --------------------------------------------------------------------------------------
 
 
-def test_pushing_v1_puts_each_object_once_then_the_manifest_then_the_card_and_the_ref_last(published: Published):
+def test_pushing_v1_puts_each_object_once_then_the_manifest_then_the_ref_then_the_card(published: Published):
     pub, log = published, published.v1_log
     objects = version_object_keys(pub.repo, pub.v1)
     assert len(objects) == 7  # 6 monthly partitions + index.json
     puts = put_keys(log)
-    assert puts == Counter({**{k: 1 for k in objects}, manifest_key(pub.v1): 1, CARD_KEY: 1, LATEST_KEY: 1, REF_KEY: 1})
+    assert puts == Counter({**{k: 1 for k in objects}, manifest_key(pub.v1): 1, CARD_SETTINGS_KEY: 1, CARD_KEY: 1,
+                            LATEST_KEY: 1, REF_KEY: 1})
     assert pub.v1_result.objects_uploaded == 7 and pub.v1_result.manifests_uploaded == 1
     assert pub.v1_result.ref_updated and pub.v1_result.card_uploaded
 
-    # Order: objects, then the manifest, then the card files, then the ref, which is the last request.
+    # Order: objects, then the manifest, then a listing that shows them all, then the ref, then the card
+    # (README.md, and manifest.json last): the card never describes a ref the remote does not hold.
     position = {key_of(r): i for i, r in enumerate(log) if r.method == "PUT"}
-    assert max(position[k] for k in objects) < position[manifest_key(pub.v1)]
-    assert position[manifest_key(pub.v1)] < min(position[CARD_KEY], position[LATEST_KEY])
-    assert log[-1].method == "PUT" and key_of(log[-1]) == REF_KEY and log[-1].status == 200
+    listings = [i for i, r in enumerate(log) if key_of(r) == "<metadata>"]
+    assert max(position[k] for k in objects) < position[manifest_key(pub.v1)] < listings[-1] < position[REF_KEY]
+    assert position[REF_KEY] < position[CARD_SETTINGS_KEY] < position[CARD_KEY] < position[LATEST_KEY]
+    assert log[-1].method == "PUT" and key_of(log[-1]) == LATEST_KEY and log[-1].status == 200
 
-    # The inventory is one listing request; nothing else is read except the ref (before and before moving it).
+    # One listing to plan, one to see the uploads listed; nothing else is read except the ref (before
+    # planning and before moving it).
     reads = [key_of(r) for r in log if r.method == "GET"]
-    assert reads.count("<metadata>") == 1
-    assert sorted(reads) == sorted(["<metadata>", REF_KEY, REF_KEY])
+    assert sorted(reads) == sorted(["<metadata>", "<metadata>", REF_KEY, REF_KEY])
     assert all(r.status == 200 for r in log if r.method == "PUT")
 
     # Every PUT carries Content-MD5 (hex, as the client sends it; the emulator answers 400 BadDigest to a
@@ -211,9 +214,10 @@ def test_pushing_v2_puts_only_the_changed_partition_its_manifest_the_card_and_th
     pub, log = published, published.v2_log
     new = version_object_keys(pub.repo, pub.v2) - version_object_keys(pub.repo, pub.v1)
     assert len(new) == 1 and next(iter(new)).endswith(".parquet")
-    assert put_keys(log) == Counter({next(iter(new)): 1, manifest_key(pub.v2): 1, CARD_KEY: 1, LATEST_KEY: 1, REF_KEY: 1})
-    assert log[-1].method == "PUT" and key_of(log[-1]) == REF_KEY
-    assert [key_of(r) for r in log if r.method == "GET"].count("<metadata>") == 1
+    assert put_keys(log) == Counter({next(iter(new)): 1, manifest_key(pub.v2): 1, CARD_SETTINGS_KEY: 1, CARD_KEY: 1,
+                                     LATEST_KEY: 1, REF_KEY: 1})
+    assert [key_of(r) for r in log if r.method == "PUT"][-4:] == [REF_KEY, CARD_SETTINGS_KEY, CARD_KEY, LATEST_KEY]
+    assert [key_of(r) for r in log if r.method == "GET"].count("<metadata>") == 2
     assert pub.v2_result.objects_uploaded == 1 and pub.v2_result.objects_skipped == 7
     assert pub.v2_result.manifests_uploaded == 1
 
@@ -230,17 +234,31 @@ def test_pushing_again_with_nothing_new_makes_no_put_at_all(published: Published
     assert result.objects_skipped == 8
 
 
-def test_a_push_repeated_while_the_listing_lags_behind_uploads_nothing(repo: Repository, emu: IAEmulator):
-    """IA lists new files minutes late; the holdings record, not the listing, says what is there."""
+def test_a_push_waits_for_the_listing_and_a_re_run_while_it_lags_uploads_nothing(repo: Repository, emu: IAEmulator):
+    """IA lists new files minutes late: the ref waits until the listing shows them, and the holdings
+    record keeps a re-run from sending them again meanwhile."""
     emu.metadata_lag = 3600.0
     write_v1(repo)
-    repo.snapshot("v1")
+    head = repo.snapshot("v1").id
     repo.remote_add("origin", URL)
-    repo.push("origin")
+    with pytest.raises(ListingPending) as raised:
+        repo.push("origin", wait=0)
+    assert raised.value.exit_code == 75 and "egds push origin" in str(raised.value) and "\n" not in str(raised.value)
+    assert emu.get_file(ITEM, REF_KEY) is None and emu.get_file(ITEM, CARD_KEY) is None
+    uploaded = put_keys(emu.requests)
+    assert set(uploaded) == version_object_keys(repo, head) | {manifest_key(head)}
+
     start = len(emu.requests)
-    again = repo.push("origin")
-    assert [r for r in emu.requests[start:] if r.method != "GET"] == []
-    assert again.objects_uploaded == 0 and again.objects_skipped == 7 and not again.card_uploaded
+    with pytest.raises(ListingPending):
+        repo.push("origin", wait=0)
+    assert [r for r in emu.requests[start:] if r.method != "GET"] == []  # nothing sent twice
+
+    emu.settle()  # archive.org's tasks ran
+    start = len(emu.requests)
+    done = repo.push("origin", wait=0)
+    assert set(put_keys(emu.requests[start:])) == {REF_KEY, CARD_SETTINGS_KEY, CARD_KEY, LATEST_KEY}
+    assert done.ref_updated and done.objects_uploaded == 0 and done.objects_skipped == 7
+    assert emu.get_file(ITEM, REF_KEY) == f"{head}\n".encode()
 
 
 def test_a_dry_run_push_only_reads_and_needs_no_credentials(repo: Repository, emu: IAEmulator, monkeypatch):
@@ -262,7 +280,7 @@ def test_a_dry_run_push_only_reads_and_needs_no_credentials(repo: Repository, em
         monkeypatch.setenv(name, value)
     start = len(emu.requests)
     repo.push("origin")
-    assert set(put_keys(emu.requests[start:])) == planned | {manifest_key(head), CARD_KEY, LATEST_KEY, REF_KEY}
+    assert set(put_keys(emu.requests[start:])) == planned | {manifest_key(head), CARD_SETTINGS_KEY, CARD_KEY, LATEST_KEY, REF_KEY}
 
 
 def test_a_dry_run_through_the_cli_prints_the_plan_and_makes_no_put(repo: Repository, emu: IAEmulator):

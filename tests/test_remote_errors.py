@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +38,7 @@ from egregora_ds.ids import PARQUET, hash_bytes, short
 from egregora_ds.store.base import RemoteAuthError, RemoteError
 from egregora_ds.store.ia import InternetArchiveRemote
 from egregora_ds.clone import Diverged
-from egregora_ds.push import NonFastForward
+from egregora_ds.push import ListingPending, NonFastForward
 
 ROWS, DIM = 30, 8
 
@@ -567,8 +568,11 @@ def test_an_interrupted_push_under_metadata_lag_never_uploads_a_key_twice(ia: Re
     assert uploaded_first, "the other objects went up before the failure"
 
     broken[0] = False
-    again = filled_repo.push("origin")
-    assert again.objects_uploaded == 1 and again.ref_updated
+    with pytest.raises(ListingPending):  # the listing still shows none of it: the ref waits
+        filled_repo.push("origin", wait=0)
+    emu.settle()
+    again = filled_repo.push("origin", wait=0)
+    assert again.objects_uploaded == 0 and again.ref_updated
     stored_puts = collections.Counter(r.path for r in emu.requests if r.method == "PUT" and r.status == 200)
     twice = {path: n for path, n in stored_puts.items() if n > 1}
     assert twice == {}, f"uploaded more than once: {twice}"
@@ -679,21 +683,48 @@ def test_a_push_behind_the_remote_is_refused_with_pull_first_and_the_ref_unchang
     first, second = pushed.clone(tmp_path / "first"), pushed.clone(tmp_path / "second")
     first_v2 = edit_and_snapshot(first, "first writer")
     first.push("origin")
+    pushed.backend.settle()
+    remote_before, local_before = pushed.backend.stored(), repo_tree(second.root)
+    mark = pushed.backend.mark()
+    with pytest.raises(NonFastForward) as raised:
+        second.push("origin")  # second has nothing new: pulling makes it the remote's
+    assert_message(raised.value, "pull first", short(first_v2), "`egds pull origin`")
+    assert pushed.backend.writes_since(mark) == []
+    assert repo_tree(second.root) == local_before
+    with pushed.backend.anonymous():
+        second.pull("origin")  # the advice works as written
+    assert second.head() == first_v2
+
+
+def test_a_push_that_diverged_from_the_remote_is_refused_saying_what_works_and_the_ref_unchanged(
+    pushed: Pushed, tmp_path: Path
+) -> None:
+    first, second = pushed.clone(tmp_path / "first"), pushed.clone(tmp_path / "second")
+    first_v2 = edit_and_snapshot(first, "first writer")
+    first.push("origin")
     second_v2 = edit_and_snapshot(second, "second writer")
     pushed.backend.settle()
     remote_before, local_before = pushed.backend.stored(), repo_tree(second.root)
     mark = pushed.backend.mark()
     with pytest.raises(NonFastForward) as raised:
         second.push("origin")
-    assert_message(raised.value, "pull first", short(first_v2))
+    # Not "pull first": pull refuses diverged histories, which would send the user in a circle.
+    message = assert_message(raised.value, "diverged", short(first_v2), "after v1", "egds remote add", "egds clone")
+    assert "pull first" not in message
     assert pushed.backend.writes_since(mark) == [], "nothing is uploaded once the push is known to be refused"
     assert pushed.backend.stored() == remote_before
     assert pushed.backend.remote().get(REF_KEY, ANY_SIZE) == f"{first_v2}\n".encode()
     assert manifest_key(second_v2) not in remote_before
     assert repo_tree(second.root) == local_before
     code, line = cli_error(second.root, "push")
-    assert code == 1 and "pull first" in line
+    assert code == 1 and "diverged" in line
     assert pushed.backend.stored() == remote_before
+    # The clone it suggests runs as written (from anywhere: the target is absolute) and holds the remote's v2.
+    clone_command = shlex.split(re.search(r"`egds clone ([^`]+)`", message).group(1))
+    with pushed.backend.anonymous():
+        result = CliRunner().invoke(app, ["clone", *clone_command])
+    assert result.exit_code == 0, result.output
+    assert Repository.open(clone_command[1]).head() == first_v2
 
 
 def diverge(pushed: Pushed, tmp_path: Path) -> tuple[Repository, str, str]:

@@ -1,18 +1,54 @@
-"""A remote that is a plain directory (a USB disk, a mounted share): `/path` or `file:///path`."""
+"""A remote that is a plain directory (a USB disk, a mounted share): `/path` or `file:///path`.
+
+Writers serialize on `egds/lock` (SPEC.md §14.2): push holds an exclusive `flock` on it from its plan
+to its last write, so the ref's compare-and-swap is a true one (read, compare and rename under the
+lock) and a pusher sees the ref the previous one left. The kernel drops the lock when its holder
+dies, so a killed push never blocks the next; the temp files it left are removed by the next holder.
+`fcntl` does not exist on Windows: there the lock is skipped and the swap is a re-read and compare.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..atomic import atomic_write_bytes
 from .base import RefMoved, RemoteAuthError, RemoteError, RemoteFile, UploadSource, too_large
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock (see the module doc)
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_KEY = "egds/lock"
+#: How long a push waits for another push to the same directory to finish before giving up.
+LOCK_WAIT = 300.0
+# Temp files egds's atomic writes leave when killed: `.NAME.XXXXXXXX.tmp` (tempfile.mkstemp), where
+# NAME is a key's last part. Only these are ever removed: a name egds never writes is not ours.
+_OWN_TEMP_IN_EGDS = re.compile(r"\.(?:[0-9a-f]{64}\.(?:parquet|json)|main|card\.json)\.[a-z0-9_]+\.tmp")
+_OWN_TEMP_AT_ROOT = re.compile(r"\.(?:README\.md|manifest\.json)\.[a-z0-9_]+\.tmp")
+
+
+class RemoteBusy(RemoteError):
+    """Another push holds the remote's lock: nothing is wrong, try again when it is done."""
+
+    exit_code = 75
+
 
 class DirectoryRemote:
-    def __init__(self, root: Path) -> None:
+    listing_is_immediate = True
+    """A file is listed by `inventory()` as soon as `put()` returns (see push's listing check)."""
+
+    def __init__(self, root: Path, *, lock_wait: float = LOCK_WAIT) -> None:
         self.root = root
         self.url = str(root)
+        self.lock_wait = lock_wait
+        self._lock_depth = 0
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -59,11 +95,90 @@ class DirectoryRemote:
             raise RemoteError(f"cannot write {key} to {self.root}: {exc.strerror or exc}; check the disk is mounted, writable and not full") from None
 
     def put_ref(self, key: str, data: bytes, expected: bytes | None) -> None:
-        # Not yet a true compare-and-swap: re-read and compare, then write.
-        current = self.get(key, max_bytes=4096)
-        if current != expected:
-            raise RefMoved(f"{self.url}: {key} changed while pushing")
-        self.put(key, data)
+        # A true compare-and-swap among egds writers: all of them write under the lock.
+        with self.locked():
+            current = self.get(key, max_bytes=4096)
+            if current != expected:
+                raise RefMoved(f"{self.url}: {key} changed while pushing")
+            self.put(key, data)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the remote's write lock (`egds/lock`), waiting up to `lock_wait` seconds for another
+        holder. Re-entrant within this object, so `put_ref` inside a push's lock does not deadlock."""
+        if self._lock_depth or fcntl is None:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        path = self._path(LOCK_KEY)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RemoteError(f"cannot lock {self.root} for writing ({path}: {exc.strerror or exc}); check the disk is mounted and writable") from None
+        try:
+            self._acquire(fd, path)
+            # Who holds it, for the message another pusher gets (the lock itself is the flock).
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def _acquire(self, fd: int, path: Path) -> None:
+        deadline = time.monotonic() + self.lock_wait
+        delay = 0.01
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            except OSError as exc:  # e.g. ENOLCK: a network file system without its lock service
+                raise RemoteError(
+                    f"cannot lock {path} ({exc.strerror or exc}); push to a local disk, or a share whose file "
+                    "locks work (NFS needs its lock service)"
+                ) from None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                raise RemoteBusy(
+                    f"another egds push to {self.root} holds its lock (pid and host: {holder}); wait for it to "
+                    f"finish, then run the push again"
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.5)
+
+    def own_temp_files(self) -> list[Path]:
+        """Temp files egds's own writes left here when killed (see _OWN_TEMP_*)."""
+        found = [p for p in self.root.glob(".*.tmp") if _OWN_TEMP_AT_ROOT.fullmatch(p.name)] if self.root.is_dir() else []
+        egds = self.root / "egds"
+        if egds.is_dir():
+            for dirpath, _, filenames in os.walk(egds):
+                found += [Path(dirpath) / n for n in filenames if _OWN_TEMP_IN_EGDS.fullmatch(n)]
+        return [p for p in found if p.is_file() and not p.is_symlink()]
+
+    def remove_own_temp_files(self) -> tuple[int, int]:
+        """Remove what killed writes left behind: (files, bytes). Only under the lock, so no live
+        writer's temp file can be among them (every egds writer to a directory remote holds it)."""
+        if not self._lock_depth and fcntl is not None:
+            raise RuntimeError("remove_own_temp_files needs the remote's lock")
+        files = nbytes = 0
+        for path in self.own_temp_files():
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            files, nbytes = files + 1, nbytes + size
+        return files, nbytes
 
     def check_writable(self) -> None:
         """The remote, or the nearest existing directory above it (where push will create it), is writable."""

@@ -9,6 +9,8 @@ from .base import RefMoved, RemoteFile, UploadSource, too_large
 
 
 class MemoryRemote:
+    listing_is_immediate = True
+
     def __init__(self, name: str = "memory") -> None:
         self.url = f"memory:{name}"
         self.files: dict[str, bytes] = {}
