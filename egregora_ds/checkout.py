@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .cache import file_digests, read_cache, write_cache
+from .cache import file_digests, json_value_problem, read_cache, write_cache
 from .errors import CacheError, CorruptObject, UnsavedWork, UsageError
 from .ids import JSON, PARQUET, hash_bytes, short
 from .metadata_json import chunk_objects, metadata_pieces
@@ -51,7 +51,7 @@ def checkout(
         embeddings, chunk_texts, bytes_read = read_version(repo, manifest, entries, row_order, progress)
         extras = load_extras(repo, manifest)
         metadata = metadata_pieces(chunk_texts, row_order, extras.get("metadata", {}))
-        index_bytes = repo.store.read_object(manifest.index, JSON, "index.json") if manifest.index else None
+        index_bytes = load_index(repo, manifest)
         new_digests = write_cache(cache, embeddings, extras.get("pickle", {}), metadata, index_bytes)
         repo.set_cache_stamp(cache, manifest_id, new_digests, None if partitions is None else selected)
     return _result(manifest_id, manifest, selected, cache, bytes_read)
@@ -133,10 +133,62 @@ def read_version(
 
 
 def load_extras(repo: Repository, manifest: Manifest) -> dict[str, Any]:
+    """The version's extras object, validated (`decode_extras`); {} when it has none."""
     if manifest.extras is None:
         return {}
-    data = repo.store.read_object(manifest.extras, JSON, f"extras of version {manifest.version}")
-    return json.loads(data)
+    where = f"extras object {short(manifest.extras)}.json of version {manifest.version}"
+    return decode_extras(repo.store.read_object(manifest.extras, JSON, f"extras of version {manifest.version}"), where)
+
+
+def decode_extras(data: bytes, where: str) -> dict[str, Any]:
+    """An extras object (SPEC.md §6) as checkout may use it, or CorruptObject naming `where`.
+
+    Its two objects are spliced into metadata.json and the pickle's dict next to the cache's own
+    keys, so they must never hold those keys: an extra `chunks` would follow the real list in
+    metadata.json (and JSON readers keep the last), an extra `embeddings` would replace the array.
+    Values must be what a snapshot can have written: JSON with string keys, nested no deeper
+    than a cache's JSON may be."""
+    try:
+        document = json.loads(data)
+    except (RecursionError, ValueError) as exc:
+        return _bad_extras(where, f"is not JSON egds reads ({type(exc).__name__})")
+    if type(document) is not dict or set(document) != {"metadata", "pickle"}:
+        return _bad_extras(where, 'is not an object with exactly the keys "metadata" and "pickle"')
+    for part, own_key in (("metadata", "chunks"), ("pickle", "embeddings")):
+        extras = document[part]
+        if type(extras) is not dict:
+            return _bad_extras(where, f'has a "{part}" that is not a JSON object')
+        if own_key in extras:
+            return _bad_extras(where, f'has a "{part}" key "{own_key}", which would shadow the cache\'s own')
+        problem = json_value_problem(extras, depth=1)
+        if problem is not None:
+            return _bad_extras(where, f'has a "{part}" object that {problem}')
+    return document
+
+
+def _bad_extras(where: str, problem: str) -> dict[str, Any]:
+    raise CorruptObject(
+        f"{where} {problem}, so no snapshot wrote it; nothing was written. Restore the object from a remote or "
+        "another copy (`egds verify` lists damage)"
+    )
+
+
+def load_index(repo: Repository, manifest: Manifest) -> bytes | None:
+    """The version's index.json bytes, or None; they must parse as JSON, as a snapshot checked."""
+    if manifest.index is None:
+        return None
+    data = repo.store.read_object(manifest.index, JSON, "index.json")
+    where = f"index object {short(manifest.index)}.json of version {manifest.version}"
+    try:
+        json_document_problem = json_value_problem(json.loads(data))
+    except (RecursionError, ValueError) as exc:
+        json_document_problem = f"is not JSON egds reads ({type(exc).__name__})"
+    if json_document_problem is not None:
+        raise CorruptObject(
+            f"{where} {json_document_problem}, so no snapshot stored it; nothing was written. Restore the object "
+            "from a remote or another copy (`egds verify` lists damage)"
+        )
+    return data
 
 
 def cache_matches_version(repo: Repository, cache: Path) -> str | None:

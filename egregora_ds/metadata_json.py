@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .arrow_arrays import bool_array, numeric_array, string_array, text_scalar, valid_values
-from .cache import encode_json
+from .cache import MAX_JSON_DEPTH, encode_json, json_value_problem
 from .errors import CorruptObject
 from .model import OrderRun
 from .table import CHUNK_ID, DATE, EXTRA, TYPED_FIELDS
@@ -116,12 +116,15 @@ def _check_extras(extra: pa.Array, names: list[str], where: str) -> np.ndarray:
     for row, text in zip(rows.tolist(), extra.take(numeric_array(rows.astype(np.int64))).to_pylist()):
         try:
             fields = msgspec.json.decode(text)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             try:
                 fields = json.loads(text)  # NaN, Infinity or huge exponents, as json.dumps writes them
-            except ValueError:
+            except (ValueError, RecursionError):
                 fields = None
-        if not isinstance(fields, dict) or not fields or CHUNK_ID in fields or (typed - {DATE}) & fields.keys():
+        # A chunk nests in metadata.json's object and list; only a text with that many brackets
+        # can nest deeper than a cache may (the walk is for those few).
+        too_deep = text.count("[") + text.count("{") > MAX_JSON_DEPTH - 2 and json_value_problem(fields, depth=2) is not None
+        if not isinstance(fields, dict) or not fields or CHUNK_ID in fields or (typed - {DATE}) & fields.keys() or too_deep:
             raise CorruptObject(
                 f"{where}: row {row}'s `extra` is not a JSON object of fields the typed columns lack, so no snapshot "
                 "wrote it; nothing was written. Restore the object from a remote or another copy"

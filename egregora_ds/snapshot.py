@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
 import pyarrow as pa
 
 from . import __version__
-from .cache import CacheContents, file_digests, read_cache
+from .cache import CacheContents, file_digests, read_cache, stdlib_json
 from .errors import ModelChanged, UsageError
 from .ids import JSON, PARQUET, hash_bytes
 from .model import FORMAT_VERSION, Manifest, PartitionEntry, encode_manifest
@@ -34,8 +33,10 @@ def encode_extras(contents: CacheContents) -> bytes | None:
     if not contents.metadata_extra and not contents.pickle_extra:
         return None
     document = {"metadata": contents.metadata_extra, "pickle": contents.pickle_extra}
-    # stdlib json: it keeps NaN/Infinity and arbitrarily large ints exactly as json.load read them.
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    # stdlib json: it keeps NaN/Infinity and arbitrarily large ints exactly as json.load read them
+    # (and escapes everything only when a lone surrogate is in there). Checkout reads it back with
+    # `checkout.decode_extras`, whose rules read_cache has already applied to both dicts.
+    return stdlib_json(document)
 
 
 class Fingerprint:
