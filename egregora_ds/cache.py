@@ -389,31 +389,60 @@ def _write_cache(
     index_bytes: bytes | None,
 ) -> dict[str, str | None]:
     _recover(path)
-    digests: dict[str, str | None] = {}
-    # The two big files are written side by side: writes, blake3 and fsync all release the GIL.
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pickle_digest = writer.submit(_write_pickle, path / (EMBEDDINGS + _TMP_SUFFIX), embeddings, pickle_extra)
-        try:
-            pieces = [metadata] if isinstance(metadata, bytes) else metadata
-            digests[METADATA] = _write_synced(path / (METADATA + _TMP_SUFFIX), pieces)
-        finally:
-            digests[EMBEDDINGS] = pickle_digest.result()
-    renames = [EMBEDDINGS, METADATA]
-    deletes = []
-    if index_bytes is not None:
-        digests[INDEX] = _write_synced(path / (INDEX + _TMP_SUFFIX), [index_bytes])
-        renames.append(INDEX)
-    else:
-        deletes.append(INDEX)
-        digests[INDEX] = None
-    fsync_dir(path)
-    atomic_write_bytes(path / JOURNAL, json.dumps({"rename": renames, "delete": deletes}).encode())
+    try:
+        digests = _write_temp_files(path, embeddings, pickle_extra, metadata, index_bytes)
+        fsync_dir(path)
+        renames = [name for name in CACHE_FILES if digests[name] is not None]
+        deletes = [name for name in CACHE_FILES if digests[name] is None]
+        with _naming(path / JOURNAL):
+            atomic_write_bytes(path / JOURNAL, json.dumps({"rename": renames, "delete": deletes}).encode())
+    except BaseException:
+        # A failure before the journal is committed (a full disk, most often) must not leave the
+        # new files holding the space: the old cache stays as it was, and nothing else is ours.
+        if not (path / JOURNAL).exists():
+            for name in CACHE_FILES:
+                (path / (name + _TMP_SUFFIX)).unlink(missing_ok=True)
+        raise
     _recover(path)
     return {name: digests[name] for name in CACHE_FILES}
 
 
+def _write_temp_files(
+    path: Path,
+    embeddings: np.ndarray,
+    pickle_extra: dict[str, Any],
+    metadata: bytes | Sequence[memoryview],
+    index_bytes: bytes | None,
+) -> dict[str, str | None]:
+    """Each new cache file under its temp name, fsynced; their blake3 (None: the file goes away)."""
+    digests: dict[str, str | None] = {}
+    # The two big files are written side by side: writes, blake3 and fsync all release the GIL.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pickle_digest = writer.submit(_write_pickle, path / EMBEDDINGS, embeddings, pickle_extra)
+        try:
+            pieces = [metadata] if isinstance(metadata, bytes) else metadata
+            digests[METADATA] = _write_synced(path / METADATA, pieces)
+        finally:
+            digests[EMBEDDINGS] = pickle_digest.result()
+    digests[INDEX] = None if index_bytes is None else _write_synced(path / INDEX, [index_bytes])
+    return digests
+
+
+@contextlib.contextmanager
+def _naming(file: Path) -> Iterator[None]:
+    """Give an OSError raised while writing `file` the file's name: os.write and fsync raise
+    theirs without one, and "No space left on device" alone does not say where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(file)) from exc
+
+
 def _write_pickle(file: Path, embeddings: np.ndarray, pickle_extra: dict[str, Any]) -> str:
-    with open(file, "wb") as raw:
+    """Pickle the cache's dict to `file`'s temp name, fsynced; the blake3 of the bytes written."""
+    with _naming(file), open(file.with_name(file.name + _TMP_SUFFIX), "wb") as raw:
         writer = _HashingWriter(raw)
         # Protocol 5 writes the array's buffer in-band without an intermediate copy.
         pickle.dump({"embeddings": embeddings, **pickle_extra}, writer, protocol=5)
@@ -423,9 +452,9 @@ def _write_pickle(file: Path, embeddings: np.ndarray, pickle_extra: dict[str, An
 
 
 def _write_synced(file: Path, pieces: Sequence[bytes | memoryview]) -> str:
-    """Write `pieces` in order, fsync, and return the blake3 of all of them."""
+    """Write `pieces` in order to `file`'s temp name, fsync, and return the blake3 of all of them."""
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    with open(file, "wb") as out:
+    with _naming(file), open(file.with_name(file.name + _TMP_SUFFIX), "wb") as out:
         for piece in pieces:
             hasher.update(piece)
             out.write(piece)

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from .cache import file_digests, json_value_problem, read_cache, write_cache
-from .errors import CacheError, CorruptObject, UnsavedWork, UsageError
+from .errors import CacheError, CorruptObject, EgdsError, UnsavedWork, UsageError
 from .ids import JSON, PARQUET, hash_bytes, short
 from .metadata_json import chunk_objects, metadata_pieces
 from .model import Manifest, OrderRun, PartitionEntry
@@ -106,15 +106,23 @@ def read_version(
     array copy release the GIL); a partition's table is freed as soon as it is turned into both."""
     rows = sum(p.rows for p in entries)
     stored = np.dtype(manifest.dtype).newbyteorder("<")
-    embeddings = np.empty((rows, manifest.dim), dtype=stored)
+    try:
+        embeddings = np.empty((rows, manifest.dim), dtype=stored)
+    except MemoryError:
+        size = rows * manifest.dim * stored.itemsize
+        raise EgdsError(
+            f"version {manifest.version} has {rows} rows of dimension {manifest.dim} ({size / 2**30:.1f} GiB as "
+            f"{manifest.dtype}), more than this machine can allocate; check out some partitions with --partitions, "
+            "or use a machine with more memory"
+        ) from None
     destinations = destination_ranges(row_order, len(entries))
     progress.begin("reading partitions", sum(p.bytes for p in entries), unit="bytes")
 
     def read(entry: PartitionEntry, ranges: list[tuple[int, int]]) -> pa.Array:
         where = f"partition {entry.key} of version {manifest.version}"
         data = repo.store.read_object(entry.object, PARQUET, where)
-        table = read_partition(data)
-        if table.num_rows != entry.rows or content_hash(table) != entry.content_hash:
+        table = read_partition(data, entry, manifest)
+        if content_hash(table) != entry.content_hash:
             raise CorruptObject(
                 f"object {short(entry.object)}.parquet ({where}) decodes to content that differs from the manifest; "
                 "nothing was written"

@@ -87,8 +87,8 @@ def diff(repo: Repository, rev_a: str, rev_b: str, *, with_ids: bool) -> DiffRes
     _, changed, added, removed = compare_partitions(_hashes(a), _hashes(b))
     touched = set(changed) | set(added) | set(removed)
     # Chunks in unchanged partitions are identical in both versions; only the rest need reading.
-    old = _chunk_table(repo, [p for p in a.partitions if p.key in touched])
-    new = _chunk_table(repo, [p for p in b.partitions if p.key in touched])
+    old = _chunk_table(repo, a, [p for p in a.partitions if p.key in touched])
+    new = _chunk_table(repo, b, [p for p in b.partitions if p.key in touched])
     ids = _diff_chunks(old, new)
     return DiffResult(
         a=id_a,
@@ -99,11 +99,11 @@ def diff(repo: Repository, rev_a: str, rev_b: str, *, with_ids: bool) -> DiffRes
     )
 
 
-def _chunk_table(repo: Repository, entries: list[PartitionEntry]) -> pa.Table:
+def _chunk_table(repo: Repository, manifest: Manifest, entries: list[PartitionEntry]) -> pa.Table:
     """chunk_id, text and embedding of the given partitions, verified on read."""
     tables = []
     for entry in entries:
-        table = read_partition(repo.store.read_object(entry.object, PARQUET, f"partition {entry.key}"))
+        table = read_partition(repo.store.read_object(entry.object, PARQUET, f"partition {entry.key}"), entry, manifest)
         text, text_other = _text_columns(table)
         tables.append(
             pa.table({CHUNK_ID: table.column(CHUNK_ID), TEXT: text, TEXT_OTHER: text_other, EMBEDDING: table.column(EMBEDDING)})
