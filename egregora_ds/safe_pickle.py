@@ -206,7 +206,10 @@ class _DataOnlyUnpickler(pickle.Unpickler):
         return stand_in
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickle(f"{self._name} uses persistent ids, which egds does not load")
+        raise UnsafePickle(
+            f"{self._name} uses persistent ids, which egds does not load; re-create it with plain "
+            "pickle.dump({'embeddings': array})"
+        )
 
 
 def load_data_pickle(file: BinaryIO, name: str) -> Any:
