@@ -15,7 +15,7 @@ from .errors import CacheError, CorruptObject, EgdsError, UnsavedWork, UsageErro
 from .ids import JSON, PARQUET, hash_bytes, short
 from .metadata_json import chunk_objects, metadata_pieces
 from .model import Manifest, OrderRun, PartitionEntry
-from .parquet_io import read_partition
+from .parquet_io import check_stored_footer, read_partition
 from .progress import Progress
 from .rebuild import destination_ranges, scatter_vectors
 from .results import CheckoutResult
@@ -105,6 +105,8 @@ def read_version(
     and its content re-derived. Reader threads do it all (blake3, Parquet, Arrow kernels and the
     array copy release the GIL); a partition's table is freed as soon as it is turned into both."""
     rows = sum(p.rows for p in entries)
+    for entry in entries:  # before the array the manifest declares is allocated
+        check_stored_footer(repo.store.object_path(entry.object, PARQUET), entry, manifest)
     stored = np.dtype(manifest.dtype).newbyteorder("<")
     try:
         embeddings = np.empty((rows, manifest.dim), dtype=stored)
@@ -177,7 +179,7 @@ def decode_extras(data: bytes, where: str) -> dict[str, Any]:
 def _bad_extras(where: str, problem: str) -> dict[str, Any]:
     raise CorruptObject(
         f"{where} {problem}, so no snapshot wrote it; nothing was written. Restore the object from a remote or "
-        "another copy (`egds verify` lists damage)"
+        "another copy, or check out another version"
     )
 
 
@@ -194,7 +196,7 @@ def load_index(repo: Repository, manifest: Manifest) -> bytes | None:
     if json_document_problem is not None:
         raise CorruptObject(
             f"{where} {json_document_problem}, so no snapshot stored it; nothing was written. Restore the object "
-            "from a remote or another copy (`egds verify` lists damage)"
+            "from a remote or another copy, or check out another version"
         )
     return data
 

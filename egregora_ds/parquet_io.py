@@ -66,12 +66,25 @@ _SLACK_BYTES = 1 << 20
 _TEXT_EXPANSION = 64
 
 
-def read_partition(data: bytes | pa.Buffer, entry: PartitionEntry, manifest: Manifest, where: str = "") -> pa.Table:
+def check_stored_footer(path: Path, entry: PartitionEntry, manifest: Manifest) -> None:
+    """Refuse a stored object whose footer disagrees with the manifest, before a reader allocates
+    what the manifest declares (a `rows` of 10**10 must not reserve an array of that size). A
+    footer that does not parse is left to `read_partition`, after the object's hash is checked,
+    which names the damage better."""
+    try:
+        parquet = pq.ParquetFile(path)
+        problem = footer_problem(parquet.metadata, parquet.schema_arrow, entry, manifest, path.stat().st_size)
+    except (pa.ArrowException, OSError, ValueError, MemoryError):
+        return
+    if problem is not None:
+        raise _damaged(entry, manifest, problem)
+
+
+def read_partition(data: bytes | pa.Buffer, entry: PartitionEntry, manifest: Manifest) -> pa.Table:
     """Parse verified bytes (never re-read the file: what was hashed is what is parsed) of the
     partition `entry` of `manifest`: the footer is checked against the manifest before anything
     is decoded (`footer_problem`), the decoded table's schema after. Every failure is one
     CorruptObject naming the object, the partition and the version."""
-    label = f"object {short(entry.object)}.parquet (partition {entry.key} of version {manifest.version}{where})"
     try:
         # ParquetFile, not read_table: the latter loads pyarrow.dataset, which imports pandas.
         parquet = pq.ParquetFile(pa.BufferReader(data))
@@ -84,11 +97,16 @@ def read_partition(data: bytes | pa.Buffer, entry: PartitionEntry, manifest: Man
     except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
         problem = f"does not decode ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
     if problem is not None:
-        raise CorruptObject(
-            f"{label} {problem}; nothing was written. Restore the object from a remote or another copy "
-            "(`egds verify --deep` lists damage)"
-        )
+        raise _damaged(entry, manifest, problem)
     return table
+
+
+def _damaged(entry: PartitionEntry, manifest: Manifest, problem: str) -> CorruptObject:
+    return CorruptObject(
+        f"object {short(entry.object)}.parquet (partition {entry.key} of version {manifest.version}) {problem}; "
+        "nothing was written. The object or its manifest is damaged: restore them from a remote or another copy "
+        "(`egds verify --deep` lists damage)"
+    )
 
 
 def footer_problem(
