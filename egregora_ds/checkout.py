@@ -170,7 +170,9 @@ def decode_extras(data: bytes, where: str) -> dict[str, Any]:
             return _bad_extras(where, f'has a "{part}" that is not a JSON object')
         if own_key in extras:
             return _bad_extras(where, f'has a "{part}" key "{own_key}", which would shadow the cache\'s own')
-        problem = json_value_problem(extras, depth=1)
+        # Each part stands for a top-level object (metadata.json's, the pickle's dict): it may nest
+        # exactly as deep as that object could.
+        problem = json_value_problem(extras, depth=0)
         if problem is not None:
             return _bad_extras(where, f'has a "{part}" object that {problem}')
     return document

@@ -14,7 +14,7 @@ from . import __version__
 from .cache import CacheContents, file_digests, read_cache, stdlib_json
 from .errors import ModelChanged, UsageError
 from .ids import JSON, PARQUET, hash_bytes
-from .model import FORMAT_VERSION, Manifest, PartitionEntry, encode_manifest
+from .model import FORMAT_VERSION, Manifest, PartitionEntry, check_recordable_text, encode_manifest
 from .parquet_io import encode_partition
 from .progress import NO_PROGRESS, Progress
 from .results import PartitionCounts, SnapshotResult
@@ -72,6 +72,8 @@ def snapshot(
 ) -> SnapshotResult:
     cache_path = repo.cache_path
     model = model or repo.config.model
+    check_recordable_text("snapshot message", message)
+    check_recordable_text("model name", model)
     with repo.store.locked():
         head = repo.head()
         parent = repo.manifest(head) if head else None
