@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import CorruptObject
@@ -63,6 +64,11 @@ _FIXED_WIDTH = {CHUNK_ID: 8, DATE: 4, "char_count": 8, "chunk_index_in_newslette
 #: are bounded by the object's size: zstd-1 shrinks text about 3-6 fold, so 64 x the object's
 #: bytes is far above any real text and far below what a decompression bomb needs.
 _SLACK_BYTES = 1 << 20
+#: Dates a reader accepts, in days since 1970-01-01: years 0 to 9999. Snapshots write years 1 to
+#: 9999 (`table._date_column`); year 0 is read because earlier egds recorded it when every date of a
+#: cache was canonical.
+_YEAR_0_DAY = -719528
+_LAST_DAY = 2932896
 _TEXT_EXPANSION = 64
 
 
@@ -91,9 +97,7 @@ def read_partition(data: bytes | pa.Buffer, entry: PartitionEntry, manifest: Man
         problem = footer_problem(parquet.metadata, parquet.schema_arrow, entry, manifest, len(data))
         if problem is None:
             table = parquet.read()
-            problem = schema_problem(table.schema, manifest) or (
-                None if table.num_rows == entry.rows else f"decodes to {table.num_rows} rows, not {entry.rows}"
-            )
+            problem = schema_problem(table.schema, manifest) or decoded_problem(table, entry, manifest)
     except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
         problem = f"does not decode ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
     if problem is not None:
@@ -142,6 +146,33 @@ def footer_problem(
         return f"has row groups of {counted_rows} rows in all, the manifest {entry.rows}"
     if text_bytes > _TEXT_EXPANSION * size + _SLACK_BYTES:
         return f"declares {text_bytes} uncompressed bytes of text, more than {_TEXT_EXPANSION} times its size"
+    return None
+
+
+def decoded_problem(table: pa.Table, entry: PartitionEntry, manifest: Manifest) -> str | None:
+    """What in decoded content no snapshot writes, where checkout would silently write something
+    else (pure; vectorised: Arrow's own checks, no Python loop over rows)."""
+    if table.num_rows != entry.rows:
+        return f"decodes to {table.num_rows} rows, not {entry.rows}"
+    # Nulls: chunk_id and the date would be written as 0 and 1970-01-01; a null vector would
+    # shift every later row of the array (its slot has no values) and leave rows unwritten.
+    for name in (CHUNK_ID, DATE, EMBEDDING):
+        if table.column(name).null_count:
+            return f"has nulls in column {name}, which a snapshot never writes"
+    for chunk in table.column(EMBEDDING).chunks:
+        if chunk.values.null_count or len(chunk.flatten()) != len(chunk) * manifest.dim:
+            return "has nulls inside embedding vectors, which a snapshot never writes"
+    days = pc.min_max(table.column(DATE).cast(pa.int32()))
+    if table.num_rows and not (_YEAR_0_DAY <= days["min"].as_py() and days["max"].as_py() <= _LAST_DAY):
+        return "has dates outside the years 0 to 9999"
+    # Parquet readers do not check that string columns hold UTF-8; checkout copies their bytes
+    # into metadata.json, which must be UTF-8 JSON.
+    try:
+        for field in table.schema:
+            if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+                table.column(field.name).validate(full=True)
+    except pa.ArrowInvalid as exc:
+        return f"has text that is not UTF-8 ({' '.join(str(exc).split())[:120]})"
     return None
 
 

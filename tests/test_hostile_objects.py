@@ -262,7 +262,30 @@ BAD_OBJECTS: dict[str, tuple[Callable[[pa.Table], pa.Table], str]] = {
     "an-unknown-column": (lambda t: t.append_column("surprise", pa.array([1] * t.num_rows)), "not those of a partition"),
     "columns-out-of-order": (lambda t: t.select(["newsletter_date", "chunk_id", *t.column_names[2:]]), "not those of a partition"),
     "more-rows-than-the-manifest": (lambda t: pa.concat_tables([t, t]), "declares 20 rows, the manifest 10"),
+    # Content a snapshot never writes and checkout would turn into something else without a word:
+    # a null vector shifted every later row and left uninitialised memory in the array.
+    "a-null-vector": (lambda t: _replace_column(t, "embedding", _null_first(t.column("embedding").combine_chunks())), "nulls in column embedding"),
+    "a-null-inside-a-vector": (lambda t: _replace_column(t, "embedding", _null_value(t.column("embedding").combine_chunks())), "nulls inside embedding"),
+    "a-null-chunk-id": (lambda t: _replace_column(t, "chunk_id", pa.array([None] + list(range(1, t.num_rows)), pa.int64())), "nulls in column chunk_id"),
+    "text-that-is-not-utf8": (lambda t: _replace_column(t, "text", _invalid_utf8(t.num_rows)), "not UTF-8"),
+    "a-date-past-9999": (lambda t: _replace_column(t, "newsletter_date", pa.array([3_000_000] * t.num_rows, pa.int32()).cast(pa.date32())), "dates outside"),
 }
+
+
+def _null_first(vectors: pa.FixedSizeListArray) -> pa.Array:
+    mask = pa.array([True] + [False] * (len(vectors) - 1))
+    return pa.FixedSizeListArray.from_arrays(vectors.flatten(), vectors.type.list_size, mask=mask)
+
+
+def _null_value(vectors: pa.FixedSizeListArray) -> pa.Array:
+    values = vectors.flatten().to_pylist()
+    values[0] = None
+    return pa.FixedSizeListArray.from_arrays(pa.array(values, vectors.type.value_type), vectors.type.list_size)
+
+
+def _invalid_utf8(rows: int) -> pa.Array:
+    offsets = np.arange(rows + 1, dtype=np.int32) * 2
+    return pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(b"\xff\xfe" * rows)])
 
 
 @pytest.mark.parametrize("kind", list(BAD_OBJECTS))
