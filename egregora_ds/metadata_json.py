@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .arrow_arrays import bool_array, numeric_array, string_array, text_scalar, valid_values
-from .cache import MAX_JSON_DEPTH, encode_json, json_value_problem
+from .cache import MAX_JSON_DEPTH, encode_json, json_value_problem, stdlib_json
 from .errors import CorruptObject
 from .model import OrderRun
 from .table import CHUNK_ID, DATE, EXTRA, TYPED_FIELDS
@@ -124,7 +124,14 @@ def _check_extras(extra: pa.Array, names: list[str], where: str) -> np.ndarray:
         # A chunk nests in metadata.json's object and list; only a text with that many brackets
         # can nest deeper than a cache may (the walk is for those few).
         too_deep = text.count("[") + text.count("{") > MAX_JSON_DEPTH - 2 and json_value_problem(fields, depth=2) is not None
-        if not isinstance(fields, dict) or not fields or CHUNK_ID in fields or (typed - {DATE}) & fields.keys() or too_deep:
+        if (
+            not isinstance(fields, dict)
+            or not fields
+            or CHUNK_ID in fields
+            or (typed - {DATE}) & fields.keys()
+            or too_deep
+            or not _is_canonical(text, fields)
+        ):
             raise CorruptObject(
                 f"{where}: row {row}'s `extra` is not a JSON object of fields the typed columns lack, so no snapshot "
                 "wrote it; nothing was written. Restore the object from a remote or another copy"
@@ -132,6 +139,19 @@ def _check_extras(extra: pa.Array, names: list[str], where: str) -> np.ndarray:
         if DATE in fields:
             redo.append(row)
     return np.array(redo, dtype=np.int64)
+
+
+def _is_canonical(text: str, fields: dict[str, Any]) -> bool:
+    """Whether `text` is exactly what a snapshot writes for `fields` (`stdlib_json`): the text is
+    spliced into metadata.json as it is, so another spelling of the same object (a duplicate key,
+    which JSON readers resolve differently, or other escapes) would restore something no version
+    recorded. msgspec's bytes are the same for most fields and much faster to make."""
+    try:
+        if msgspec.json.encode(fields).decode() == text:
+            return True
+    except (TypeError, OverflowError, msgspec.EncodeError, UnicodeEncodeError):
+        pass
+    return stdlib_json(fields).decode() == text
 
 
 def _chunk_dicts(table: pa.Table, names: list[str], rows: np.ndarray) -> list[dict[str, Any]]:
