@@ -132,6 +132,10 @@ def manifest_problem(m: Manifest) -> str | None:
         return f"version {m.version} is not a positive number"
     if (m.parent is None) != (m.version == 1):
         return f"version {m.version} {'has no' if m.parent is None else 'has a'} parent; only version 1 has none"
+    offset = m.created_at.utcoffset()
+    if offset is None or offset.total_seconds() != 0:
+        # A time without an offset cannot be compared with the others (`@DATE` revisions).
+        return f"created_at {m.created_at.isoformat()} is not a UTC time (RFC 3339 with `Z`)"
     if m.dtype not in FLOAT_DTYPES:
         return f"dtype {m.dtype!r} is not one of {', '.join(FLOAT_DTYPES)}"
     if not 1 <= m.dim <= MAX_DIM:

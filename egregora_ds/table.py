@@ -30,7 +30,7 @@ from .arrow_arrays import (
     text_scalar,
     valid_values,
 )
-from .cache import CacheContents
+from .cache import CacheContents, shown as shown_value
 from .errors import CacheError, NonFiniteEmbeddings
 from .model import OrderRun
 from .partitioning import order_runs, period_keys, rows_by_partition
@@ -216,7 +216,7 @@ def _chunk_id_column(chunks: Sequence[dict[str, Any]]) -> pa.Array:
     if ids is None:
         bad = [i for i, v in enumerate(values) if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX]
         value = values[bad[0]]
-        shown = "missing" if value is _MISSING else f"{value!r}"
+        shown = "missing" if value is _MISSING else shown_value(value)
         raise CacheError(
             f"{_where(chunks, bad[0])}: chunk_id is {shown}; every chunk needs an integer chunk_id "
             f"({len(bad)} chunks affected)"
@@ -247,7 +247,7 @@ def _date_column(chunks: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarr
     n = len(raw)
     if not set(map(type, raw)) <= {str}:
         row = next(i for i, v in enumerate(raw) if type(v) is not str)
-        shown = "missing" if DATE not in chunks[row] else f"{raw[row]!r}"
+        shown = "missing" if DATE not in chunks[row] else shown_value(raw[row])
         raise CacheError(f"{_where(chunks, row)}: newsletter_date is {shown}; every chunk needs an ISO date string")
     try:
         strings = string_array(raw)
@@ -268,7 +268,7 @@ def _date_column(chunks: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarr
                 parsed = datetime.fromisoformat(text).date()
             except ValueError:
                 raise CacheError(
-                    f"{_where(chunks, i)}: newsletter_date {text[:40]!r} is not an ISO date (YYYY-MM-DD, year 1 to "
+                    f"{_where(chunks, i)}: newsletter_date {shown_value(text)} is not an ISO date (YYYY-MM-DD, year 1 to "
                     "9999); fix the chunk"
                 ) from None
         days[i] = (parsed - epoch).days

@@ -114,6 +114,8 @@ BAD_MANIFESTS: dict[str, tuple[Callable[[dict], None], str]] = {
     "key-of-another-partitioning": (_set("partitions.0.key", "2024-Q1"), "not a month key"),
     "month-thirteen": (_set("partitions.0.key", "2024-13"), "not a month key"),
     "later-version-without-parent": (_set("parent", None), "parent"),
+    "a-time-without-offset": (_set("created_at", "2030-01-01T00:00:00"), "not a UTC time"),
+    "a-time-in-another-zone": (_set("created_at", "2030-01-01T00:00:00+05:00"), "not a UTC time"),
 }
 
 
