@@ -345,10 +345,6 @@ def has_nonfinite(value: Any) -> bool:
     return False
 
 
-def is_plain_json(value: Any) -> bool:
-    return json_value_problem(value) is None
-
-
 class _HashingWriter:
     def __init__(self, raw: Any) -> None:
         self._raw = raw

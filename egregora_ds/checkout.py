@@ -161,25 +161,25 @@ def decode_extras(data: bytes, where: str) -> dict[str, Any]:
     try:
         document = json.loads(data)
     except (RecursionError, ValueError) as exc:
-        return _bad_extras(where, f"is not JSON egds reads ({type(exc).__name__})")
+        raise _bad_extras(where, f"is not JSON egds reads ({type(exc).__name__})") from None
     if type(document) is not dict or set(document) != {"metadata", "pickle"}:
-        return _bad_extras(where, 'is not an object with exactly the keys "metadata" and "pickle"')
+        raise _bad_extras(where, 'is not an object with exactly the keys "metadata" and "pickle"')
     for part, own_key in (("metadata", "chunks"), ("pickle", "embeddings")):
         extras = document[part]
         if type(extras) is not dict:
-            return _bad_extras(where, f'has a "{part}" that is not a JSON object')
+            raise _bad_extras(where, f'has a "{part}" that is not a JSON object')
         if own_key in extras:
-            return _bad_extras(where, f'has a "{part}" key "{own_key}", which would shadow the cache\'s own')
+            raise _bad_extras(where, f'has a "{part}" key "{own_key}", which would shadow the cache\'s own')
         # Each part stands for a top-level object (metadata.json's, the pickle's dict): it may nest
         # exactly as deep as that object could.
         problem = json_value_problem(extras, depth=0)
         if problem is not None:
-            return _bad_extras(where, f'has a "{part}" object that {problem}')
+            raise _bad_extras(where, f'has a "{part}" object that {problem}')
     return document
 
 
-def _bad_extras(where: str, problem: str) -> dict[str, Any]:
-    raise CorruptObject(
+def _bad_extras(where: str, problem: str) -> CorruptObject:
+    return CorruptObject(
         f"{where} {problem}, so no snapshot wrote it; nothing was written. Restore the object from a remote or "
         "another copy, or check out another version"
     )
@@ -192,12 +192,12 @@ def load_index(repo: Repository, manifest: Manifest) -> bytes | None:
     data = repo.store.read_object(manifest.index, JSON, "index.json")
     where = f"index object {short(manifest.index)}.json of version {manifest.version}"
     try:
-        json_document_problem = json_value_problem(json.loads(data))
+        problem = json_value_problem(json.loads(data))
     except (RecursionError, ValueError) as exc:
-        json_document_problem = f"is not JSON egds reads ({type(exc).__name__})"
-    if json_document_problem is not None:
+        problem = f"is not JSON egds reads ({type(exc).__name__})"
+    if problem is not None:
         raise CorruptObject(
-            f"{where} {json_document_problem}, so no snapshot stored it; nothing was written. Restore the object "
+            f"{where} {problem}, so no snapshot stored it; nothing was written. Restore the object "
             "from a remote or another copy, or check out another version"
         )
     return data

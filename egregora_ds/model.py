@@ -137,7 +137,7 @@ def manifest_problem(m: Manifest) -> str | None:
         # A time without an offset cannot be compared with the others (`@DATE` revisions).
         return f"created_at {m.created_at.isoformat()} is not a UTC time (RFC 3339 with `Z`)"
     if m.dtype not in FLOAT_DTYPES:
-        return f"dtype {m.dtype!r} is not one of {', '.join(FLOAT_DTYPES)}"
+        return f"dtype {_shown(m.dtype)} is not one of {', '.join(FLOAT_DTYPES)}"
     if not 1 <= m.dim <= MAX_DIM:
         return f"dim {m.dim} is outside 1..{MAX_DIM}"
     if not 0 <= m.rows <= MAX_ROWS:
@@ -145,11 +145,11 @@ def manifest_problem(m: Manifest) -> str | None:
     key_pattern = _PARTITION_KEY[m.partitioning]
     previous = None
     for entry in m.partitions:
-        label = f"partition {entry.key!r}"
+        label = f"partition {_shown(entry.key)}"
         if not key_pattern.fullmatch(entry.key):
             return f"{label} is not a {m.partitioning} key"
         if previous is not None and entry.key <= previous:
-            return f"partition keys are not unique and sorted ({previous!r} before {entry.key!r})"
+            return f"partition keys are not unique and sorted ({_shown(previous)} before {_shown(entry.key)})"
         previous = entry.key
         if not 1 <= entry.rows <= MAX_ROWS:
             return f"{label} has {entry.rows} rows (a partition holds at least one)"
@@ -169,7 +169,7 @@ def manifest_problem(m: Manifest) -> str | None:
         run_rows[run.partition] += run.rows
     for entry, counted in zip(m.partitions, run_rows):
         if counted != entry.rows:
-            return f"row_order gives partition {entry.key!r} {counted} rows, it has {entry.rows}"
+            return f"row_order gives partition {_shown(entry.key)} {counted} rows, it has {entry.rows}"
     return None
 
 
@@ -183,6 +183,12 @@ def check_recordable_text(field: str, value: str) -> None:
             f"the {field} holds {value[exc.start]!r} at position {exc.start}, which UTF-8 cannot carry (bytes that "
             f"are not UTF-8 on the command line); give the {field} as UTF-8 text"
         ) from None
+
+
+def _shown(text: str) -> str:
+    """A manifest's string in a one-line message: repr (so no line breaks), cut to 40 characters."""
+    shown = repr(text)
+    return shown if len(shown) <= 40 else shown[:39] + "…"
 
 
 def _one_line(exc: BaseException) -> str:
