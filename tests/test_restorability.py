@@ -170,6 +170,17 @@ class Cache:
         )
 
 
+REASONS = [
+    "is not an ISO date", "levels deep", "4300", "Python cannot read", "chunk_id", "not a JSON object",
+    "not a string", "cannot store losslessly", "newsletter_date is", "appears", "rows but",
+]
+
+
+def _reason(message: str) -> str:
+    """Which rule refused a cache, for the statistics of a long run (paths and values left out)."""
+    return next((reason for reason in REASONS if reason in message), message.split(": ", 1)[-1][:50])
+
+
 def check_restorable(cache: Cache) -> str:
     """The invariant. Returns what happened (for the statistics of a long run)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,7 +194,7 @@ def check_restorable(cache: Cache) -> str:
             message = str(exc)
             assert message.strip() and "\n" not in message, f"not one line: {message!r}"
             assert repo_tree(root) == before, "a refused snapshot recorded something"
-            return f"refused ({type(exc).__name__})"
+            return f"refused ({type(exc).__name__}): {_reason(message)}"
         assert result.created
         out = root / "elsewhere" / "rag"
         repo.checkout("latest", cache=out)
@@ -201,7 +212,7 @@ SURROGATES = ["\ud800", "\udbff", "\udc00", "\udfff", "\ud83d", "\ude80", "\udcf
 SPECIALS = ["\x00", "\t", "\n", '"', "\\", "\u2028", "\u2029", "\ufeff", "\uffff", "🚀", "é", "\u0301"]
 texts = st.text(alphabet=st.characters(codec=None) | st.sampled_from(SURROGATES + SPECIALS), max_size=12)
 keys = texts
-raw_numbers = st.sampled_from(["1e400", "-1e400", "1E+400", "-0", "-0.0", "0e0", "1" + "0" * 400, "-" + "9" * 300, "1" + "0" * 5000])
+raw_numbers = st.sampled_from(["1e400", "-1e400", "1E+400", "-0", "-0.0", "0e0", "1" + "0" * 400, "-" + "9" * 300] * 3 + ["1" + "0" * 5000])
 scalars = (
     st.none()
     | st.booleans()
@@ -222,6 +233,18 @@ def nested(depth: int, leaf: Any = 1) -> Any:
 
 deep_values = st.integers(min_value=95, max_value=105).map(nested)
 
+
+def rarely(odd: st.SearchStrategy[Any], usual: st.SearchStrategy[Any], one_in: int = 20) -> st.SearchStrategy[Any]:
+    """`usual`, and `odd` about once in `one_in` draws: most caches must be restorable, or the
+    property would mostly test refusals."""
+    return one_time_in(one_in).flatmap(lambda now: odd if now else usual)
+
+
+def one_time_in(n: int) -> st.SearchStrategy[bool]:
+    """True about once in `n` draws (an integer test like `integers(0, n) == 0` is true far more
+    often: hypothesis favours small and boundary values)."""
+    return st.sampled_from([False] * (n - 1) + [True])
+
 DATES = [date(2025, 10, 3), date(2024, 12, 31), date(2025, 1, 1), date(1, 1, 1), date(9999, 12, 31), date(1969, 12, 31)]
 
 
@@ -230,7 +253,7 @@ def date_strings(draw: st.DrawFn) -> Any:
     day = draw(st.sampled_from(DATES) | st.dates())
     form = draw(
         st.sampled_from(
-            ["canonical"] * 8 + ["compact", "datetime", "offset", "utc", "fraction", "space", "week", "surrogate-separator", "odd"]
+            ["canonical"] * 16 + ["compact", "datetime", "offset", "utc", "fraction", "space", "week", "surrogate-separator"] * 2 + ["odd"]
         )
     )
     iso = day.isoformat()
@@ -268,7 +291,7 @@ WRONG = st.sampled_from([5, True, 1.5, None, ["a"], {"t": "x"}, 2**64, "x"])
 
 @st.composite
 def chunk_lists(draw: st.DrawFn, n: int) -> list[Any]:
-    if n and draw(st.integers(0, 30)) == 0:  # rarely: ids that are not unique or not int64
+    if n and draw(one_time_in(30)):  # rarely: ids that are not unique or not int64
         ids = draw(st.lists(st.sampled_from([1, 1, 2**63, -(2**63) - 1, True, "7"]), min_size=n, max_size=n))
     else:
         ids = draw(st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), min_size=n, max_size=n, unique=True))
@@ -280,13 +303,13 @@ def chunk_lists(draw: st.DrawFn, n: int) -> list[Any]:
             if kind != "missing":
                 chunk[name] = draw(good if kind == "good" else WRONG)
         chunk.update(draw(st.dictionaries(keys.filter(lambda k: k not in ("chunk_id", "newsletter_date", *KNOWN)), json_values, max_size=2)))
-        if draw(st.integers(0, 40)) == 0:
+        if draw(one_time_in(60)):
             chunk["deep"] = draw(deep_values)
         order = list(chunk)
         if draw(st.booleans()):
             order = draw(st.permutations(order))
         chunks.append({k: chunk[k] for k in order})
-    if n and draw(st.integers(0, 40)) == 0:
+    if n and draw(one_time_in(40)):
         chunks[0] = draw(st.sampled_from([[1], "chunk", None, 5]))  # not an object: refused
     return chunks
 
@@ -299,11 +322,11 @@ def caches(draw: st.DrawFn) -> Cache:
     array = draw(hnp.arrays(dtype, (n, dim), elements=st.floats(width=8 * dtype.itemsize, allow_nan=True, allow_infinity=True)))
     if draw(st.booleans()):
         array = np.asfortranarray(array)
-    metadata_extra = draw(st.dictionaries(keys.filter(lambda k: k != "chunks"), json_values | deep_values, max_size=3))
+    metadata_extra = draw(st.dictionaries(keys.filter(lambda k: k != "chunks"), rarely(deep_values, json_values), max_size=3))
     pickle_extra = draw(st.dictionaries(keys.filter(lambda k: k != "embeddings"), json_values, max_size=3))
-    if draw(st.integers(0, 20)) == 0:  # what a pickle can hold and JSON cannot: refused
+    if draw(one_time_in(20)):  # what a pickle can hold and JSON cannot: refused
         pickle_extra[draw(st.sampled_from([1, (1, 2), b"k"]))] = 1
-    if draw(st.integers(0, 20)) == 0:
+    if draw(one_time_in(20)):
         pickle_extra["odd"] = draw(st.sampled_from([(1, 2), b"bytes", {1, 2}, np.float32(1.5), np.arange(3)]))
     encoding = draw(st.sampled_from(["ascii", "ascii", "utf-8", "utf-16"]))
     return Cache(
@@ -311,7 +334,7 @@ def caches(draw: st.DrawFn) -> Cache:
         embeddings=array,
         metadata_extra=metadata_extra,
         pickle_extra=pickle_extra,
-        index=draw(st.none() | json_values | deep_values),
+        index=draw(rarely(deep_values, st.none() | json_values)),
         encoding=encoding,
         protocol=draw(st.integers(min_value=0, max_value=5)),
         partitioning=draw(st.sampled_from(["month", "quarter", "year"])),
