@@ -41,7 +41,7 @@ from egregora_ds import Repository
 from egregora_ds.errors import CacheError, EgdsError, UsageError, describe_os_error
 
 #: Bounded in CI; the long profile (EGDS_HYPOTHESIS_PROFILE=long) sets its own count.
-EXAMPLES = settings.default.max_examples if os.environ.get("EGDS_HYPOTHESIS_PROFILE") else 60
+EXAMPLES = settings.default.max_examples if os.environ.get("EGDS_HYPOTHESIS_PROFILE") else 40
 EGDS = Path(sys.executable).with_name("egds")
 
 
