@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, event, example, given, reject, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import load_cache, make_chunks, make_embeddings, repo_tree, write_cache
+from conftest import make_chunks, make_embeddings, repo_tree, write_cache
 from egregora_ds import Repository
 from egregora_ds.errors import CacheError, EgdsError, UsageError, describe_os_error
 
