@@ -27,6 +27,12 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview | Path | Iterable[by
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is not None or exc.errno is None:
+            raise
+        # os.write and fsync raise without a file name; "No space left on device" must say where.
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

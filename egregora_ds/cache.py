@@ -6,10 +6,10 @@ numpy array (N, D)), `metadata.json` (`{"chunks": [...]}`), optional `index.json
 
 from __future__ import annotations
 
-import _compat_pickle
 import contextlib
 import fcntl
 import io
+import itertools
 import json
 import os
 import pickle
@@ -24,7 +24,9 @@ import msgspec
 import numpy as np
 
 from .atomic import atomic_write_bytes, fsync_dir
-from .errors import CacheError, UnsafePickle
+from .errors import CacheError
+from .model import MAX_DIM, MAX_ROWS
+from .safe_pickle import PickledArray, load_data_pickle
 
 EMBEDDINGS = "embeddings.pkl"
 METADATA = "metadata.json"
@@ -32,50 +34,6 @@ INDEX = "index.json"
 CACHE_FILES = (EMBEDDINGS, METADATA, INDEX)
 _TMP_SUFFIX = ".egds-tmp"
 JOURNAL = ".egds-checkout.json"
-
-# Everything a pickled numpy array (protocols 0-5, numpy 1.x or 2.x) needs, and nothing that can
-# run code: no builtins.eval, os.system, subprocess, functools.partial, etc.
-_ALLOWED_GLOBALS = {
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-    # Protocol 0-2 write empty bytes (an empty array's data) as a call of `bytes()`; only that
-    # call is allowed (see _empty_bytes): `bytes(10**12)` would allocate a terabyte.
-    ("builtins", "bytes"),
-}
-_NUMPY1_MODULES = {"numpy.core.multiarray": "numpy._core.multiarray", "numpy.core.numeric": "numpy._core.numeric"}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        # Protocol 0-2 pickles name Python 2 modules (`__builtin__.eval`, `commands.Popen` for
-        # subprocess.Popen); map them as the stock unpickler would, so the check and the message
-        # are about what would really be imported.
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        module = _NUMPY1_MODULES.get(module, module)
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise UnsafePickle(
-                f"{EMBEDDINGS} refers to {module}.{name}, which a numpy array does not need; refusing to load it "
-                "(a pickle can run code). Re-create the cache with plain pickle.dump({'embeddings': array})"
-            )
-        if (module, name) == ("builtins", "bytes"):
-            return _empty_bytes
-        return super().find_class(module, name)
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickle(f"{EMBEDDINGS} uses persistent ids, which egds does not load")
-
-
-def _empty_bytes(*args: Any) -> bytes:
-    if args:
-        raise UnsafePickle(f"{EMBEDDINGS} calls bytes() with arguments, which a numpy array does not need; refusing to load it")
-    return b""
-
 
 class _HashingReader(io.RawIOBase):
     """Hashes every byte the unpickler reads, so the digest is of exactly the bytes parsed."""
@@ -152,17 +110,26 @@ def _read_cache(path: Path) -> CacheContents:
     _check_array(embeddings, path / EMBEDDINGS)
     pickle_extra = {k: v for k, v in pickled.items() if k != "embeddings"}
     for key, value in pickle_extra.items():
-        if not isinstance(key, str) or not is_plain_json(value):
+        if type(key) is not str:
             raise CacheError(
-                f"{path / EMBEDDINGS}: key {key!r} holds a {type(value).__name__}, which egds cannot store losslessly "
-                "(only JSON values: str, int, float, bool, None, lists, dicts); remove it or convert it"
+                f"{path / EMBEDDINGS}: key {shown(key)} is a {_type_name(key)}, not a string; egds stores the pickle's "
+                "other keys as JSON, so they must be strings: convert it or remove it"
+            )
+        problem = json_value_problem(value, depth=1)
+        if problem is not None:
+            raise CacheError(
+                f"{path / EMBEDDINGS}: key {shown(key)} {problem}, which egds cannot store losslessly (only JSON values: "
+                f"str, int, float, bool, None, lists, dicts with string keys, nested at most {MAX_JSON_DEPTH} deep); "
+                "remove it or convert it"
             )
     if not isinstance(metadata, dict) or not isinstance(metadata.get("chunks"), list):
         raise CacheError(f"{path / METADATA} must be a JSON object with a 'chunks' list")
+    _check_metadata_depth(metadata, metadata_bytes, path / METADATA)
     index_path = path / INDEX
     index_bytes = index_path.read_bytes() if index_path.is_file() else None
     if index_bytes is not None:
-        decode_json(index_bytes, index_path)  # must at least be JSON; it is stored verbatim
+        # It must at least be JSON (it is stored verbatim), and no deeper than any JSON egds reads.
+        _check_depth(decode_json(index_bytes, index_path), index_bytes, index_path)
     return CacheContents(
         embeddings=embeddings,
         chunks=metadata["chunks"],
@@ -204,15 +171,7 @@ def _load_pickle(file: Path) -> tuple[Any, str]:
     with open(file, "rb") as raw:
         reader = _HashingReader(raw)
         buffered = io.BufferedReader(reader, buffer_size=1 << 20)
-        try:
-            obj = _NumpyOnlyUnpickler(buffered).load()
-        except UnsafePickle:
-            raise
-        except Exception as exc:  # a truncated or foreign file: pickle raises many types
-            raise CacheError(
-                f"{file} is not a readable pickle ({type(exc).__name__}: {exc}); re-create it with the pipeline "
-                "or `egds checkout --force` a version"
-            ) from None
+        obj = load_data_pickle(buffered, str(file))
         # BufferedReader may have read ahead past STOP; those bytes are already hashed.
         return obj, reader.drain()
 
@@ -234,40 +193,123 @@ def _check_array(embeddings: Any, file: Path) -> None:
         )
     if embeddings.shape[1] == 0:
         raise CacheError(f"{file}: 'embeddings' has dimension 0; every row needs at least one value (re-run the embedding step)")
+    # What a manifest may declare (model.manifest_problem): a version no reader would accept is never recorded.
+    if embeddings.shape[1] > MAX_DIM or embeddings.shape[0] > MAX_ROWS:
+        raise CacheError(
+            f"{file}: 'embeddings' has shape {embeddings.shape}; egds stores at most {MAX_ROWS} rows of dimension "
+            f"at most {MAX_DIM}: check the array"
+        )
+
+
+#: How deeply arrays and objects may nest in the JSON a cache holds (metadata.json and index.json
+#: as a whole, the pickle's dict as if it were a JSON object): far below the recursion limits of
+#: the JSON encoders and decoders egds uses (about 1000), far above anything a pipeline writes.
+MAX_JSON_DEPTH = 100
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+#: Python refuses to convert integers of more than 4300 decimal digits to text (and so to JSON);
+#: below this many bits no integer comes near that limit.
+_SAFE_INT_BITS = 14000
 
 
 def decode_json(data: bytes, file: Path) -> Any:
     """The JSON value of a cache file: what Python's json.loads gives (SPEC.md §6.1). msgspec is the
-    fast path; it refuses a few things json.loads accepts (NaN/Infinity, 1e400, a BOM, UTF-16)."""
+    fast path; it refuses a few things json.loads accepts (NaN/Infinity, 1e400, a BOM, UTF-16).
+    Every failure is one CacheError."""
     try:
         return msgspec.json.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # msgspec raises UnicodeDecodeError for invalid UTF-8
         pass  # stdlib json also accepts NaN/Infinity and huge exponents, as json.dump writes them
-    except RecursionError:
-        raise _too_deep(file) from None
     try:
         return json.loads(data)
     except RecursionError:
-        raise _too_deep(file) from None
+        raise CacheError(
+            f"{file} nests arrays/objects more than {MAX_JSON_DEPTH} levels deep, more than egds reads; flatten it"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheError(f"{file} is not valid JSON ({exc}); fix it or re-create it with the pipeline") from None
-    except ValueError:  # Python refuses to convert an integer of more than 4300 digits
-        raise CacheError(
-            f"{file} holds an integer longer than 4300 digits, which egds cannot store; shorten or remove it"
-        ) from None
+    except ValueError as exc:  # an integer beyond Python's limit on digits
+        raise CacheError(f"{file} holds a number Python cannot read ({exc}); fix it or re-create it with the pipeline") from None
 
 
-def _too_deep(file: Path) -> CacheError:
-    return CacheError(
-        f"{file} nests arrays/objects too deeply (past Python's recursion limit, about 1000 levels) "
-        "for egds to store; flatten it"
-    )
+def json_value_problem(value: Any, depth: int = 0) -> str | None:
+    """Why `value` is not a plain JSON value egds stores and restores exactly, or None.
+
+    `depth` is how many arrays/objects already enclose `value`; with it, the value may nest up
+    to MAX_JSON_DEPTH. Iterative: a deeply nested value is reported, never a RecursionError."""
+    stack = [(value, depth)]
+    while stack:
+        item, level = stack.pop()
+        kind = type(item)
+        if kind is dict or kind is list:
+            if level >= MAX_JSON_DEPTH:
+                return f"nests arrays/objects more than {MAX_JSON_DEPTH} levels deep"
+            if kind is dict:
+                if not all(type(k) is str for k in item):
+                    bad = next(k for k in item if type(k) is not str)
+                    return f"holds a dict with key {shown(bad)}, which is not a string"
+                stack.extend((v, level + 1) for v in item.values())
+            else:
+                stack.extend((v, level + 1) for v in item)
+        elif kind is int:
+            if item.bit_length() > _SAFE_INT_BITS:
+                try:
+                    int.__repr__(item)
+                except ValueError:
+                    return "holds an integer of more than 4300 digits (Python cannot write it as JSON)"
+        elif kind not in _SCALARS:
+            return f"holds a {_type_name(item)}"
+    return None
 
 
-def encode_json(value: Any) -> bytes:
-    """Compact JSON exactly as Python's json.dumps writes it (SPEC.md §6): NaN/Infinity tokens,
-    integers of any size, floats as repr(). Non-ASCII characters are written as UTF-8, unless a
-    lone surrogate (which UTF-8 cannot carry) is among them: then the whole text is \\u-escaped."""
+def _check_depth(document: Any, data: bytes, file: Path) -> None:
+    # A document with fewer opening brackets than the limit cannot nest deeper (brackets inside
+    # strings only make the count larger): the usual case costs two C-speed counts.
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    problem = json_value_problem(document)
+    if problem is not None:
+        raise CacheError(f"{file} {problem}, more than egds reads; flatten it")
+
+
+def _check_metadata_depth(metadata: dict[str, Any], data: bytes, file: Path) -> None:
+    """`_check_depth` for metadata.json without a Python walk over every chunk: only chunks with
+    an array or object among their values (rare) are walked."""
+    chunks = metadata["chunks"]
+    for key, value in metadata.items():
+        if key != "chunks":
+            problem = json_value_problem(value, depth=1)
+            if problem is not None:
+                raise CacheError(f"{file}: top-level key {shown(key)} {problem}, more than egds reads; flatten it")
+    # Every container is opened by a bracket outside strings: if there are no more brackets than
+    # the document object, the chunk list and one per chunk, no chunk holds an array or object
+    # (a chunk that is not an object is refused later, when the cache is laid out).
+    if data.count(b"[") + data.count(b"{") <= len(chunks) + 2 or not set(map(type, chunks)) <= {dict}:
+        return
+    kinds = set(map(type, itertools.chain.from_iterable(map(dict.values, chunks))))
+    if kinds <= _SCALARS:
+        return
+    for row, chunk in enumerate(chunks):
+        if not _SCALARS.issuperset(map(type, chunk.values())):
+            problem = json_value_problem(chunk, depth=2)
+            if problem is not None:
+                raise CacheError(f"{file}: chunks[{row}] {problem}, more than egds reads; flatten it")
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value's repr for a one-line message, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _type_name(value: Any) -> str:
+    return "numpy array" if type(value) is PickledArray else type(value).__name__
+
+
+def stdlib_json(value: Any) -> bytes:
+    """`json.dumps(value, ensure_ascii=False, separators=(",", ":"))` as UTF-8, or, when the text
+    holds a lone surrogate (U+D800-U+DFFF, which UTF-8 cannot carry; JSON's `\\ud800` escape can
+    produce one), the same with `ensure_ascii=True`, which escapes it: it parses back to the same
+    value (SPEC.md §6)."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     try:
         return text.encode()
@@ -275,20 +317,10 @@ def encode_json(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode()
 
 
-def is_plain_json(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is dict:
-            if not all(type(k) is str for k in item):
-                return False
-            stack.extend(item.values())
-        elif kind is list:
-            stack.extend(item)
-        elif item is not None and kind not in (str, int, float, bool):
-            return False
-    return True
+def encode_json(value: Any) -> bytes:
+    """Compact JSON exactly as Python's json.dumps writes it (SPEC.md §6.2): NaN/Infinity tokens,
+    integers of any size, floats as repr(); the one dialect for everything egds writes compactly."""
+    return stdlib_json(value)
 
 
 class _HashingWriter:
@@ -331,31 +363,60 @@ def _write_cache(
     index_bytes: bytes | None,
 ) -> dict[str, str | None]:
     _recover(path)
-    digests: dict[str, str | None] = {}
-    # The two big files are written side by side: writes, blake3 and fsync all release the GIL.
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pickle_digest = writer.submit(_write_pickle, path / (EMBEDDINGS + _TMP_SUFFIX), embeddings, pickle_extra)
-        try:
-            pieces = [metadata] if isinstance(metadata, bytes) else metadata
-            digests[METADATA] = _write_synced(path / (METADATA + _TMP_SUFFIX), pieces)
-        finally:
-            digests[EMBEDDINGS] = pickle_digest.result()
-    renames = [EMBEDDINGS, METADATA]
-    deletes = []
-    if index_bytes is not None:
-        digests[INDEX] = _write_synced(path / (INDEX + _TMP_SUFFIX), [index_bytes])
-        renames.append(INDEX)
-    else:
-        deletes.append(INDEX)
-        digests[INDEX] = None
-    fsync_dir(path)
-    atomic_write_bytes(path / JOURNAL, json.dumps({"rename": renames, "delete": deletes}).encode())
+    try:
+        digests = _write_temp_files(path, embeddings, pickle_extra, metadata, index_bytes)
+        fsync_dir(path)
+        renames = [name for name in CACHE_FILES if digests[name] is not None]
+        deletes = [name for name in CACHE_FILES if digests[name] is None]
+        with _naming(path / JOURNAL):
+            atomic_write_bytes(path / JOURNAL, json.dumps({"rename": renames, "delete": deletes}).encode())
+    except BaseException:
+        # A failure before the journal is committed (a full disk, most often) must not leave the
+        # new files holding the space: the old cache stays as it was, and nothing else is ours.
+        if not (path / JOURNAL).exists():
+            for name in CACHE_FILES:
+                (path / (name + _TMP_SUFFIX)).unlink(missing_ok=True)
+        raise
     _recover(path)
     return {name: digests[name] for name in CACHE_FILES}
 
 
+def _write_temp_files(
+    path: Path,
+    embeddings: np.ndarray,
+    pickle_extra: dict[str, Any],
+    metadata: bytes | Sequence[memoryview],
+    index_bytes: bytes | None,
+) -> dict[str, str | None]:
+    """Each new cache file under its temp name, fsynced; their blake3 (None: the file goes away)."""
+    digests: dict[str, str | None] = {}
+    # The two big files are written side by side: writes, blake3 and fsync all release the GIL.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pickle_digest = writer.submit(_write_pickle, path / EMBEDDINGS, embeddings, pickle_extra)
+        try:
+            pieces = [metadata] if isinstance(metadata, bytes) else metadata
+            digests[METADATA] = _write_synced(path / METADATA, pieces)
+        finally:
+            digests[EMBEDDINGS] = pickle_digest.result()
+    digests[INDEX] = None if index_bytes is None else _write_synced(path / INDEX, [index_bytes])
+    return digests
+
+
+@contextlib.contextmanager
+def _naming(file: Path) -> Iterator[None]:
+    """Give an OSError raised while writing `file` the file's name: os.write and fsync raise
+    theirs without one, and "No space left on device" alone does not say where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(file)) from exc
+
+
 def _write_pickle(file: Path, embeddings: np.ndarray, pickle_extra: dict[str, Any]) -> str:
-    with open(file, "wb") as raw:
+    """Pickle the cache's dict to `file`'s temp name, fsynced; the blake3 of the bytes written."""
+    with _naming(file), open(file.with_name(file.name + _TMP_SUFFIX), "wb") as raw:
         writer = _HashingWriter(raw)
         # Protocol 5 writes the array's buffer in-band without an intermediate copy.
         pickle.dump({"embeddings": embeddings, **pickle_extra}, writer, protocol=5)
@@ -365,9 +426,9 @@ def _write_pickle(file: Path, embeddings: np.ndarray, pickle_extra: dict[str, An
 
 
 def _write_synced(file: Path, pieces: Sequence[bytes | memoryview]) -> str:
-    """Write `pieces` in order, fsync, and return the blake3 of all of them."""
+    """Write `pieces` in order to `file`'s temp name, fsync, and return the blake3 of all of them."""
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    with open(file, "wb") as out:
+    with _naming(file), open(file.with_name(file.name + _TMP_SUFFIX), "wb") as out:
         for piece in pieces:
             hasher.update(piece)
             out.write(piece)

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .cache import file_digests, read_cache, write_cache
-from .errors import CacheError, CorruptObject, UnsavedWork, UsageError
+from .cache import file_digests, json_value_problem, read_cache, write_cache
+from .errors import CacheError, CorruptObject, EgdsError, UnsavedWork, UsageError
 from .ids import JSON, PARQUET, hash_bytes, short
 from .metadata_json import chunk_objects, metadata_pieces
 from .model import Manifest, OrderRun, PartitionEntry
-from .parquet_io import read_partition
+from .parquet_io import check_stored_footer, read_partition
 from .progress import Progress
 from .rebuild import destination_ranges, scatter_vectors
 from .results import CheckoutResult
@@ -51,7 +51,7 @@ def checkout(
         embeddings, chunk_texts, bytes_read = read_version(repo, manifest, entries, row_order, progress)
         extras = load_extras(repo, manifest)
         metadata = metadata_pieces(chunk_texts, row_order, extras.get("metadata", {}))
-        index_bytes = repo.store.read_object(manifest.index, JSON, "index.json") if manifest.index else None
+        index_bytes = load_index(repo, manifest)
         new_digests = write_cache(cache, embeddings, extras.get("pickle", {}), metadata, index_bytes)
         repo.set_cache_stamp(cache, manifest_id, new_digests, None if partitions is None else selected)
     return _result(manifest_id, manifest, selected, cache, bytes_read)
@@ -105,16 +105,26 @@ def read_version(
     and its content re-derived. Reader threads do it all (blake3, Parquet, Arrow kernels and the
     array copy release the GIL); a partition's table is freed as soon as it is turned into both."""
     rows = sum(p.rows for p in entries)
+    for entry in entries:  # before the array the manifest declares is allocated
+        check_stored_footer(repo.store.object_path(entry.object, PARQUET), entry, manifest)
     stored = np.dtype(manifest.dtype).newbyteorder("<")
-    embeddings = np.empty((rows, manifest.dim), dtype=stored)
+    try:
+        embeddings = np.empty((rows, manifest.dim), dtype=stored)
+    except MemoryError:
+        size = rows * manifest.dim * stored.itemsize
+        raise EgdsError(
+            f"version {manifest.version} has {rows} rows of dimension {manifest.dim} ({size / 2**30:.1f} GiB as "
+            f"{manifest.dtype}), more than this machine can allocate; check out some partitions with --partitions, "
+            "or use a machine with more memory"
+        ) from None
     destinations = destination_ranges(row_order, len(entries))
     progress.begin("reading partitions", sum(p.bytes for p in entries), unit="bytes")
 
     def read(entry: PartitionEntry, ranges: list[tuple[int, int]]) -> pa.Array:
         where = f"partition {entry.key} of version {manifest.version}"
         data = repo.store.read_object(entry.object, PARQUET, where)
-        table = read_partition(data)
-        if table.num_rows != entry.rows or content_hash(table) != entry.content_hash:
+        table = read_partition(data, entry, manifest)
+        if content_hash(table) != entry.content_hash:
             raise CorruptObject(
                 f"object {short(entry.object)}.parquet ({where}) decodes to content that differs from the manifest; "
                 "nothing was written"
@@ -133,10 +143,64 @@ def read_version(
 
 
 def load_extras(repo: Repository, manifest: Manifest) -> dict[str, Any]:
+    """The version's extras object, validated (`decode_extras`); {} when it has none."""
     if manifest.extras is None:
         return {}
-    data = repo.store.read_object(manifest.extras, JSON, f"extras of version {manifest.version}")
-    return json.loads(data)
+    where = f"extras object {short(manifest.extras)}.json of version {manifest.version}"
+    return decode_extras(repo.store.read_object(manifest.extras, JSON, f"extras of version {manifest.version}"), where)
+
+
+def decode_extras(data: bytes, where: str) -> dict[str, Any]:
+    """An extras object (SPEC.md §6) as checkout may use it, or CorruptObject naming `where`.
+
+    Its two objects are spliced into metadata.json and the pickle's dict next to the cache's own
+    keys, so they must never hold those keys: an extra `chunks` would follow the real list in
+    metadata.json (and JSON readers keep the last), an extra `embeddings` would replace the array.
+    Values must be what a snapshot can have written: JSON with string keys, nested no deeper
+    than a cache's JSON may be."""
+    try:
+        document = json.loads(data)
+    except (RecursionError, ValueError) as exc:
+        raise _bad_extras(where, f"is not JSON egds reads ({type(exc).__name__})") from None
+    if type(document) is not dict or set(document) != {"metadata", "pickle"}:
+        raise _bad_extras(where, 'is not an object with exactly the keys "metadata" and "pickle"')
+    for part, own_key in (("metadata", "chunks"), ("pickle", "embeddings")):
+        extras = document[part]
+        if type(extras) is not dict:
+            raise _bad_extras(where, f'has a "{part}" that is not a JSON object')
+        if own_key in extras:
+            raise _bad_extras(where, f'has a "{part}" key "{own_key}", which would shadow the cache\'s own')
+        # Each part stands for a top-level object (metadata.json's, the pickle's dict): it may nest
+        # exactly as deep as that object could.
+        problem = json_value_problem(extras, depth=0)
+        if problem is not None:
+            raise _bad_extras(where, f'has a "{part}" object that {problem}')
+    return document
+
+
+def _bad_extras(where: str, problem: str) -> CorruptObject:
+    return CorruptObject(
+        f"{where} {problem}, so no snapshot wrote it; nothing was written. Restore the object from a remote or "
+        "another copy, or check out another version"
+    )
+
+
+def load_index(repo: Repository, manifest: Manifest) -> bytes | None:
+    """The version's index.json bytes, or None; they must parse as JSON, as a snapshot checked."""
+    if manifest.index is None:
+        return None
+    data = repo.store.read_object(manifest.index, JSON, "index.json")
+    where = f"index object {short(manifest.index)}.json of version {manifest.version}"
+    try:
+        problem = json_value_problem(json.loads(data))
+    except (RecursionError, ValueError) as exc:
+        problem = f"is not JSON egds reads ({type(exc).__name__})"
+    if problem is not None:
+        raise CorruptObject(
+            f"{where} {problem}, so no snapshot stored it; nothing was written. Restore the object "
+            "from a remote or another copy, or check out another version"
+        )
+    return data
 
 
 def cache_matches_version(repo: Repository, cache: Path) -> str | None:

@@ -126,8 +126,8 @@ def diff(repo: Repository, rev_a: str, rev_b: str, *, with_ids: bool) -> DiffRes
     _, changed, added, removed = compare_partitions(_hashes(a), _hashes(b))
     touched = set(changed) | set(added) | set(removed)
     # Chunks in unchanged partitions are identical in both versions; only the rest need reading.
-    old = _chunk_table(repo, [p for p in a.partitions if p.key in touched])
-    new = _chunk_table(repo, [p for p in b.partitions if p.key in touched])
+    old = _chunk_table(repo, a, [p for p in a.partitions if p.key in touched])
+    new = _chunk_table(repo, b, [p for p in b.partitions if p.key in touched])
     chunk_diff = _diff_chunks(old, new)
     fields = chunk_diff.fields
     empty: list[int] = []
@@ -179,11 +179,12 @@ class ChunkDiff(NamedTuple):
     fields with changes, known fields first, then others (unknown fields from `extra`) by name."""
 
 
-def _chunk_table(repo: Repository, entries: list[PartitionEntry]) -> pa.Table | None:
+def _chunk_table(repo: Repository, manifest: Manifest, entries: list[PartitionEntry]) -> pa.Table | None:
     """The given partitions' chunks in one table of uniform schema, verified on read (None: no partitions)."""
     tables = []
     for entry in entries:
-        table = read_partition(repo.store.read_object(entry.object, PARQUET, f"partition {entry.key}"))
+        data = repo.store.read_object(entry.object, PARQUET, f"partition {entry.key}")
+        table = read_partition(data, entry, manifest)
         n = table.num_rows
         columns: dict[str, pa.Array | pa.ChunkedArray] = {
             CHUNK_ID: table.column(CHUNK_ID).cast(pa.int64()),

@@ -140,12 +140,12 @@ def _deep_check(repo, manifests, good, problems, progress) -> None:
     # under its right entry in one manifest must still be caught under a wrong entry in another.
     decoded: dict[str, tuple[int, str] | str] = {}  # object -> (rows, content hash) or decode error
     reported: set[tuple[str, str, int, str]] = set()
-    entries = [e for m in manifests.values() for e in m.partitions if (e.object, PARQUET) in good]
+    entries = [(m, e) for m in manifests.values() for e in m.partitions if (e.object, PARQUET) in good]
     progress.begin("decoding partitions", len(entries), unit="objects")
-    for entry in entries:
+    for manifest, entry in entries:
         if entry.object not in decoded:
             try:
-                table = read_partition(repo.store.object_path(entry.object, PARQUET).read_bytes())
+                table = read_partition(repo.store.object_path(entry.object, PARQUET).read_bytes(), entry, manifest)
                 decoded[entry.object] = (table.num_rows, content_hash(table))
             except Exception as exc:  # any decoder failure is a finding, not a crash
                 decoded[entry.object] = f"{type(exc).__name__}: {exc}"

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .arrow_arrays import bool_array, numeric_array, text_scalar, valid_values
-from .cache import encode_json
+from .cache import MAX_JSON_DEPTH, encode_json, json_value_problem, stdlib_json
 from .errors import CorruptObject
 from .model import OrderRun
 from .table import CHUNK_ID, DATE, EXTRA, TYPED_FIELDS
@@ -122,15 +122,23 @@ def _check_extras(extra: pa.Array, names: list[str], where: str) -> np.ndarray:
     for row, text in zip(rows.tolist(), extra.take(numeric_array(rows.astype(np.int64))).to_pylist()):
         try:
             fields = msgspec.json.decode(text)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             try:
                 fields = json.loads(text)  # NaN, Infinity or huge exponents, as json.dumps writes them
-            except ValueError:
+            except (ValueError, RecursionError):
                 fields = None
-        # The first and last characters must be the braces: the splice drops the first one.
+        # A chunk nests in metadata.json's object and list; only a text with that many brackets
+        # can nest deeper than a cache may (the walk is for those few).
+        too_deep = text.count("[") + text.count("{") > MAX_JSON_DEPTH - 2 and json_value_problem(fields, depth=2) is not None
+        # The text is spliced as it is (its first character dropped): it must be exactly the one
+        # spelling a snapshot writes, which also puts the braces first and last.
         if (
-            not isinstance(fields, dict) or not fields or CHUNK_ID in fields or (typed - {DATE}) & fields.keys()
-            or text[0] != "{" or text[-1] != "}"
+            not isinstance(fields, dict)
+            or not fields
+            or CHUNK_ID in fields
+            or (typed - {DATE}) & fields.keys()
+            or too_deep
+            or not _is_canonical(text, fields)
         ):
             raise CorruptObject(
                 f"{where}: row {row}'s `extra` is not a JSON object of fields the typed columns lack, so no snapshot "
@@ -139,6 +147,33 @@ def _check_extras(extra: pa.Array, names: list[str], where: str) -> np.ndarray:
         if DATE in fields:
             dated.append(row)
     return np.array(dated, dtype=np.int64)
+
+
+def _is_canonical(text: str, fields: dict[str, Any]) -> bool:
+    """Whether `text` is exactly what a snapshot writes for `fields` (`stdlib_json`): the text is
+    spliced into metadata.json as it is, so another spelling of the same object (a duplicate key,
+    which JSON readers resolve differently, or other escapes) would restore something no version
+    recorded. msgspec writes the same bytes as the stdlib for everything but floats, much faster."""
+    try:
+        if msgspec.json.encode(fields).decode() == text and not _holds_float(fields):
+            return True
+    except (TypeError, OverflowError, msgspec.EncodeError, UnicodeEncodeError):
+        pass
+    return stdlib_json(fields).decode() == text
+
+
+def _holds_float(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is float:
+            return True
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+    return False
 
 
 def metadata_pieces(objects: Sequence[pa.Array], row_order: Sequence[OrderRun], extras: dict[str, Any]) -> list[memoryview]:

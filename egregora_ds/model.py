@@ -8,18 +8,35 @@ evolution rules); an incompatible change bumps FORMAT_VERSION, which older reade
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
 import msgspec
 
-from .errors import CorruptObject, FormatTooNew
+from .errors import CorruptObject, FormatTooNew, UsageError
 from .ids import ObjectId
 
 FORMAT_VERSION = 1
 
 Partitioning = Literal["month", "quarter", "year"]
 PARTITIONINGS: tuple[str, ...] = ("month", "quarter", "year")
+
+#: The array dtypes a manifest may name: plain IEEE floats, byte order explicit (what numpy's
+#: `dtype.str` gives for them). Anything else (object, unicode, structured) could make a reader
+#: build something other than a float array.
+FLOAT_DTYPES = ("<f2", "<f4", "<f8", ">f2", ">f4", ">f8")
+#: Sanity bounds a reader checks before it allocates anything a manifest declares. Real models
+#: have dimensions up to a few thousand; 2**40 rows of even one float16 is 2 TiB of array.
+MAX_DIM = 1 << 16
+MAX_ROWS = 1 << 40
+MAX_OBJECT_BYTES = 1 << 42
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_PARTITION_KEY = {
+    "month": re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])"),
+    "quarter": re.compile(r"[0-9]{4}-Q[1-4]"),
+    "year": re.compile(r"[0-9]{4}"),
+}
 
 
 class PartitionEntry(msgspec.Struct, frozen=True):
@@ -92,12 +109,90 @@ def encode_manifest(manifest: Manifest) -> bytes:
 
 
 def decode_manifest(data: bytes, where: str, advice: str = "run `egds verify`") -> Manifest:
-    """Decode and validate a manifest; `where` names it in errors (`manifest ab12…`), `advice` says what to do."""
+    """Decode and validate a manifest; `where` names it in errors (`manifest ab12…`), `advice` says what to do.
+
+    Beyond the types, every rule a reader relies on is checked (`manifest_problem`), so a damaged
+    or hostile manifest is refused here with one line instead of crashing (or allocating) later."""
     _check_format(data, where, advice)
     try:
-        return msgspec.json.decode(data, type=Manifest)
-    except msgspec.DecodeError as exc:
-        raise CorruptObject(f"{where} is not valid: {exc}; {advice}") from None
+        manifest = msgspec.json.decode(data, type=Manifest)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise CorruptObject(f"{where} is not valid: {_one_line(exc)}; {advice}") from None
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise CorruptObject(f"{where} is not valid: {problem}; {advice}")
+    return manifest
+
+
+def manifest_problem(m: Manifest) -> str | None:
+    """The first rule of SPEC.md §7 that `m` breaks, or None. Pure; cheap (one pass over the entries and runs)."""
+    if m.format != FORMAT_VERSION:
+        return f"format {m.format} is not {FORMAT_VERSION}"
+    if m.version < 1 or m.version > _INT64_MAX:
+        return f"version {m.version} is not a positive number"
+    if (m.parent is None) != (m.version == 1):
+        return f"version {m.version} {'has no' if m.parent is None else 'has a'} parent; only version 1 has none"
+    offset = m.created_at.utcoffset()
+    if offset is None or offset.total_seconds() != 0:
+        # A time without an offset cannot be compared with the others (`@DATE` revisions).
+        return f"created_at {m.created_at.isoformat()} is not a UTC time (RFC 3339 with `Z`)"
+    if m.dtype not in FLOAT_DTYPES:
+        return f"dtype {_shown(m.dtype)} is not one of {', '.join(FLOAT_DTYPES)}"
+    if not 1 <= m.dim <= MAX_DIM:
+        return f"dim {m.dim} is outside 1..{MAX_DIM}"
+    if not 0 <= m.rows <= MAX_ROWS:
+        return f"rows {m.rows} is outside 0..{MAX_ROWS}"
+    key_pattern = _PARTITION_KEY[m.partitioning]
+    previous = None
+    for entry in m.partitions:
+        label = f"partition {_shown(entry.key)}"
+        if not key_pattern.fullmatch(entry.key):
+            return f"{label} is not a {m.partitioning} key"
+        if previous is not None and entry.key <= previous:
+            return f"partition keys are not unique and sorted ({_shown(previous)} before {_shown(entry.key)})"
+        previous = entry.key
+        if not 1 <= entry.rows <= MAX_ROWS:
+            return f"{label} has {entry.rows} rows (a partition holds at least one)"
+        if not 1 <= entry.bytes <= MAX_OBJECT_BYTES:
+            return f"{label} has an object of {entry.bytes} bytes"
+        if not _INT64_MIN <= entry.min_chunk_id <= entry.max_chunk_id <= _INT64_MAX:
+            return f"{label} has chunk ids {entry.min_chunk_id}..{entry.max_chunk_id}"
+    total = sum(entry.rows for entry in m.partitions)
+    if total != m.rows:
+        return f"partition rows add up to {total}, the manifest says {m.rows}"
+    run_rows = [0] * len(m.partitions)
+    for run in m.row_order:
+        if not 0 <= run.partition < len(m.partitions):
+            return f"row_order names partition {run.partition} of {len(m.partitions)}"
+        if run.rows < 1:
+            return f"row_order has a run of {run.rows} rows"
+        run_rows[run.partition] += run.rows
+    for entry, counted in zip(m.partitions, run_rows):
+        if counted != entry.rows:
+            return f"row_order gives partition {_shown(entry.key)} {counted} rows, it has {entry.rows}"
+    return None
+
+
+def check_recordable_text(field: str, value: str) -> None:
+    """Refuse a string a manifest cannot hold: JSON in UTF-8 cannot carry a lone surrogate, which
+    Python makes of command-line bytes that are not UTF-8 (`\\udcff`)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise UsageError(
+            f"the {field} holds {value[exc.start]!r} at position {exc.start}, which UTF-8 cannot carry (bytes that "
+            f"are not UTF-8 on the command line); give the {field} as UTF-8 text"
+        ) from None
+
+
+def _shown(text: str) -> str:
+    """A manifest's string in a one-line message: repr (so no line breaks), cut to 40 characters."""
+    shown = repr(text)
+    return shown if len(shown) <= 40 else shown[:39] + "…"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def encode_config(config: Config) -> bytes:

@@ -30,7 +30,7 @@ from .arrow_arrays import (
     text_scalar,
     valid_values,
 )
-from .cache import CacheContents
+from .cache import CacheContents, shown as shown_value
 from .errors import CacheError, NonFiniteEmbeddings
 from .model import OrderRun
 from .partitioning import order_runs, period_keys, rows_by_partition
@@ -216,7 +216,7 @@ def _chunk_id_column(chunks: Sequence[dict[str, Any]]) -> pa.Array:
     if ids is None:
         bad = [i for i, v in enumerate(values) if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX]
         value = values[bad[0]]
-        shown = "missing" if value is _MISSING else f"{value!r}"
+        shown = "missing" if value is _MISSING else shown_value(value)
         raise CacheError(
             f"{_where(chunks, bad[0])}: chunk_id is {shown}; every chunk needs an integer chunk_id "
             f"({len(bad)} chunks affected)"
@@ -233,20 +233,29 @@ def _chunk_id_column(chunks: Sequence[dict[str, Any]]) -> pa.Array:
     return column
 
 
+#: Days since 1970-01-01 of the first and last dates Python's `date` holds: 0001-01-01, 9999-12-31.
+_FIRST_DAY, _LAST_DAY = (date(1, 1, 1) - date(1970, 1, 1)).days, (date(9999, 12, 31) - date(1970, 1, 1)).days
+
+
 def _date_column(chunks: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """Days since the epoch per chunk, and whether each original string is the canonical `YYYY-MM-DD`."""
+    """Days since the epoch per chunk, and whether each original string is the canonical `YYYY-MM-DD`.
+
+    One rule, whichever path parses (SPEC.md §5.1): a date is what `date.fromisoformat` or
+    `datetime.fromisoformat` accepts, so years 1..9999. Arrow's cast (the fast path, for canonical
+    strings) also accepts year 0; a column with such a date takes the Python path, which refuses it."""
     raw = list(map(operator.methodcaller("get", DATE), chunks))
     n = len(raw)
     if not set(map(type, raw)) <= {str}:
         row = next(i for i, v in enumerate(raw) if type(v) is not str)
-        shown = "missing" if DATE not in chunks[row] else f"{raw[row]!r}"
+        shown = "missing" if DATE not in chunks[row] else shown_value(raw[row])
         raise CacheError(f"{_where(chunks, row)}: newsletter_date is {shown}; every chunk needs an ISO date string")
     try:
         strings = string_array(raw)
         dates = pc.cast(strings, pa.date32())
         days = filled_values(dates, "<i4").astype(np.int64)
-        canonical = bool_values(pc.equal(pc.cast(dates, pa.string()), strings))
-        return days, canonical
+        if n == 0 or (days.min() >= _FIRST_DAY and days.max() <= _LAST_DAY):
+            canonical = bool_values(pc.equal(pc.cast(dates, pa.string()), strings))
+            return days, canonical
     except (pa.ArrowInvalid, UnicodeEncodeError):
         pass  # some dates are not plain YYYY-MM-DD: parse one by one to accept other ISO forms
     days = np.empty(n, dtype=np.int64)
@@ -259,13 +268,17 @@ def _date_column(chunks: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarr
                 parsed = datetime.fromisoformat(text).date()
             except ValueError:
                 raise CacheError(
-                    f"{_where(chunks, i)}: newsletter_date {text!r} is not an ISO date (YYYY-MM-DD); fix the chunk"
+                    f"{_where(chunks, i)}: newsletter_date {shown_value(text)} is not an ISO date (YYYY-MM-DD, year 1 to "
+                    "9999); fix the chunk"
                 ) from None
         days[i] = (parsed - epoch).days
-    canonical = np.array([len(t) == 10 and t[4] == "-" and t[7] == "-" for t in raw], dtype=bool)
+    # Only a 10-character `YYYY-MM-DD` can be canonical, and one that parsed is ASCII; the others
+    # (which may hold characters UTF-8 cannot carry: `datetime.fromisoformat` takes any character
+    # as its date-time separator) are never compared.
+    maybe = np.array([len(t) == 10 and t[4] == "-" and t[7] == "-" for t in raw], dtype=bool)
+    candidates = [t if m else "" for t, m in zip(raw, maybe.tolist())]
     formatted = pc.cast(numeric_array(days.astype(np.int32), pa.date32()), pa.string())
-    canonical &= bool_values(pc.equal(formatted, string_array(raw)))
-    return days, canonical
+    return days, maybe & bool_values(pc.equal(formatted, string_array(candidates)))
 
 
 def _extra_column(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,15 @@ def advised_commands(message: str) -> list[list[str]]:
     import shlex
 
     return [shlex.split(command)[1:] for command in re.findall(r"`(egds [^`]*)`", message)]
+
+
+# ---- hypothesis profiles ------------------------------------------------------------------------------
+# `EGDS_HYPOTHESIS_PROFILE=long` runs the property tests that follow the profile (tests/test_restorability.py)
+# with thousands of examples: a bug hunt, not a CI run.
+from hypothesis import HealthCheck, settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile(
+    "long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+if os.environ.get("EGDS_HYPOTHESIS_PROFILE"):
+    _hypothesis_settings.load_profile(os.environ["EGDS_HYPOTHESIS_PROFILE"])

@@ -319,7 +319,7 @@ def test_the_partition_object_round_trips_its_content_hash(filled_repo: Reposito
         metadata = pq.read_schema(pa.BufferReader(data)).metadata
         assert metadata[b"egds.content_hash"].decode() == entry.content_hash
         assert metadata[b"egds.partition"].decode() == entry.key
-        assert content_hash(read_partition(data)) == entry.content_hash
+        assert content_hash(read_partition(data, entry, manifest)) == entry.content_hash
     assert len(parquet_objects(filled_repo)) == len(manifest.partitions) == 6
     assert load_cache(filled_repo.cache_path)[2] == INDEX
 

@@ -96,7 +96,14 @@ def test_an_empty_version_encodes_as_an_empty_chunk_list() -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    ['{"chunk_id":9}', '{"text":"twice"}', "[1,2]", "{}", "not json", '"a string"'],
+    [
+        '{"chunk_id":9}', '{"text":"twice"}', "[1,2]", "{}", "not json", '"a string"',
+        # Another spelling of an object a snapshot would write: the text is spliced verbatim, so a
+        # duplicate key (readers keep the first or the last) or other escapes would restore a chunk
+        # that no version recorded.
+        '{"a":1,"a":2}', '{"a": 1}', '{"a":"\\u0041"}', '{"a":1.0e2}',
+        '{"x":' + "[" * 120 + "]" * 120 + "}",
+    ],
 )
 def test_an_extra_column_that_no_snapshot_could_have_written_is_reported_as_damage(extra: str) -> None:
     rows = [{"chunk_id": 1, "newsletter_date": "2024-01-02", "section_title": None, "text": "a", "char_count": 1}]

@@ -172,7 +172,7 @@ def _swap_in_other_content(repo: Repository, how: str) -> tuple[str, str]:
         wrong_object = entry(repo, "2024-01").object
     else:
         # A new Parquet file, stored under the hash of its own bytes: 2024-02 with one text edited.
-        table = read_partition(repo.store.read_object(right.object, PARQUET))
+        table = read_partition(repo.store.read_object(right.object, PARQUET), right, repo.manifest(v1))
         texts = table.column("text").to_pylist()
         texts[0] = texts[0] + " (edited)"
         table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
