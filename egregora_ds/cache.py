@@ -223,12 +223,16 @@ def decode_json(data: bytes, file: Path) -> Any:
         return json.loads(data)
     except RecursionError:
         raise CacheError(
-            f"{file} nests arrays/objects more than {MAX_JSON_DEPTH} levels deep, more than egds reads; flatten it"
+            f"{file} nests arrays/objects too deeply (more than {MAX_JSON_DEPTH} levels deep), more than egds reads; "
+            "flatten it"
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheError(f"{file} is not valid JSON ({exc}); fix it or re-create it with the pipeline") from None
-    except ValueError as exc:  # an integer beyond Python's limit on digits
-        raise CacheError(f"{file} holds a number Python cannot read ({exc}); fix it or re-create it with the pipeline") from None
+    except ValueError:  # Python refuses to convert an integer of more than 4300 digits
+        raise CacheError(
+            f"{file} holds an integer longer than 4300 digits, which Python cannot read and egds cannot store; "
+            "shorten or remove it"
+        ) from None
 
 
 def json_value_problem(value: Any, depth: int = 0) -> str | None:

@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from .errors import CorruptObject, FormatTooNew, UsageError
+from .errors import CorruptObject, FormatTooNew
 from .ids import ObjectId
 
 FORMAT_VERSION = 1
@@ -171,18 +171,6 @@ def manifest_problem(m: Manifest) -> str | None:
         if counted != entry.rows:
             return f"row_order gives partition {_shown(entry.key)} {counted} rows, it has {entry.rows}"
     return None
-
-
-def check_recordable_text(field: str, value: str) -> None:
-    """Refuse a string a manifest cannot hold: JSON in UTF-8 cannot carry a lone surrogate, which
-    Python makes of command-line bytes that are not UTF-8 (`\\udcff`)."""
-    try:
-        value.encode()
-    except UnicodeEncodeError as exc:
-        raise UsageError(
-            f"the {field} holds {value[exc.start]!r} at position {exc.start}, which UTF-8 cannot carry (bytes that "
-            f"are not UTF-8 on the command line); give the {field} as UTF-8 text"
-        ) from None
 
 
 def _shown(text: str) -> str:

@@ -79,7 +79,7 @@ def snapshot(
     (unless `allow_empty`), a partial checkout, and a model or dimension change not asked for."""
     cache_path = repo.cache_path
     explicit_model = model is not None
-    check_text(message, "the message", single_line=False)
+    check_text(message, "the snapshot message", single_line=False)
     if model is not None:
         if not model.strip():
             raise UsageError("--model must not be empty; leave it out to use the repository's model (`egds config model`)")

@@ -25,7 +25,6 @@ import pytest
 from egregora_ds import Repository
 from egregora_ds.cache import read_cache
 from egregora_ds.model import Manifest, OrderRun, PartitionEntry, encode_manifest
-from egregora_ds.parquet_io import read_partition
 from egregora_ds.snapshot import encode_extras
 from egregora_ds.table import content_hash, lay_out_cache
 
@@ -36,6 +35,14 @@ ARRAY = np.array([[0.5, -1.0], [0.25, 2.0], [-0.0, 1.5]], dtype="<f4")
 PICKLE_EXTRAS = {"normalized": False}
 KEYS = ("2025-01", "2025-02")
 TYPED = ("newsletter_path", "section_title", "text", "char_count", "chunk_index_in_newsletter")
+
+
+def _read_parquet(data: bytes):
+    """A partition object's table, read as any Parquet reader would (the vectors are about the bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(pa.BufferReader(data)).read()
 
 
 def spec_values() -> dict[str, str]:
@@ -173,7 +180,7 @@ def test_the_checked_in_parquet_objects_have_the_spec_ids_and_content(key: str) 
     data = object_file(VALUES[f"{key} object id"], ".parquet").read_bytes()
     assert blake3.blake3(data).hexdigest() == VALUES[f"{key} object id"]
     assert str(len(data)) == VALUES[f"{key} object bytes"]
-    table = read_partition(data)
+    table = _read_parquet(data)
     assert str(table.num_rows) == VALUES[f"{key} rows"]
     assert content_hash(table) == VALUES[f"{key} content_hash"]
     # The spec's text alone gives the same hash (§4 is complete).
@@ -182,7 +189,7 @@ def test_the_checked_in_parquet_objects_have_the_spec_ids_and_content(key: str) 
 
 
 def test_the_content_hash_pre_image_is_the_spec_bytes() -> None:
-    table = read_partition(object_file(VALUES["2025-02 object id"], ".parquet").read_bytes())
+    table = _read_parquet(object_file(VALUES["2025-02 object id"], ".parquet").read_bytes())
     preimage = spec_hex("preimage-2025-02")
     assert spec_content_hash_preimage(table) == preimage
     assert blake3.blake3(preimage).hexdigest() == VALUES["2025-02 content_hash"] == content_hash(table)
@@ -192,7 +199,7 @@ def vector_manifest() -> Manifest:
     entries = []
     for key in KEYS:
         object_id = VALUES[f"{key} object id"]
-        table = read_partition(object_file(object_id, ".parquet").read_bytes())
+        table = _read_parquet(object_file(object_id, ".parquet").read_bytes())
         ids = table.column("chunk_id").to_pylist()
         entries.append(PartitionEntry(key, object_id, VALUES[f"{key} content_hash"], table.num_rows,
                                       int(VALUES[f"{key} object bytes"]), min(ids), max(ids)))
@@ -241,7 +248,7 @@ def test_checking_out_the_vectors_writes_the_spec_bytes(vector_repo: Repository,
 
 def test_the_spec_text_alone_rebuilds_the_checkout_metadata(vector_repo: Repository) -> None:
     _, manifest = vector_repo.resolve("v1")
-    tables = [read_partition(object_file(p.object, ".parquet").read_bytes()).drop_columns(["embedding"])
+    tables = [_read_parquet(object_file(p.object, ".parquet").read_bytes()).drop_columns(["embedding"])
               for p in manifest.partitions]
     extras = json.loads(object_file(VALUES["extras id"], ".json").read_bytes())
     assert spec_metadata_json(manifest, tables, extras) == spec_block("checkout-metadata").encode()
