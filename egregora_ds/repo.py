@@ -105,6 +105,12 @@ class Repository:
         start = Path(path).resolve()
         for candidate in (start, *start.parents):
             config_file = candidate / REPO_DIR / "config.json"
+            if (candidate / REPO_DIR).is_dir():
+                from .clone import pending_clone, unfinished_clone_message
+
+                pending = pending_clone(candidate)
+                if pending is not None:  # an interrupted clone: finishing it is the only next step
+                    raise UsageError(unfinished_clone_message(candidate, pending))
             if config_file.is_file():
                 try:
                     return cls(candidate, decode_config(config_file.read_bytes(), str(config_file)))
@@ -287,9 +293,12 @@ class Repository:
 
         return diff(self, a, b, with_ids=ids)
 
-    def verify(self, *, deep: bool = False, progress: Progress = NO_PROGRESS) -> VerifyReport:
-        from .maintenance import verify
+    def verify(self, *, deep: bool = False, remote: str | None = None, progress: Progress = NO_PROGRESS) -> VerifyReport:
+        """Check the local repository, or with `remote` that remote's ref, manifests and objects."""
+        from .maintenance import verify, verify_remote
 
+        if remote is not None:
+            return verify_remote(self, remote, deep=deep, progress=progress)
         return verify(self, deep=deep, progress=progress)
 
     def gc(self, *, dry_run: bool = False) -> GcResult:

@@ -73,6 +73,9 @@ def snapshot(
     model = model or repo.config.model
     with repo.store.locked():
         head = repo.head()
+        from .clone import refuse_snapshot_during_pull
+
+        refuse_snapshot_during_pull(repo, cache_path)  # an interrupted pull's cache is not main's version
         parent = repo.manifest(head) if head else None
         # Fast no-op: the cache files hash exactly as they did when they were recorded as `head`.
         stamp = repo.cache_stamp(cache_path)
