@@ -11,7 +11,9 @@ directory says so.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,13 +22,14 @@ import msgspec
 from .atomic import atomic_write_bytes, fsync_dir
 from .card import REF_KEY
 from .checkout import select_partitions
-from .errors import EgdsError, UnsavedWork, UsageError
+from .errors import CorruptObject, EgdsError, UnsavedWork, UsageError
 from .ids import short
 from .model import FORMAT_VERSION, Config, Manifest, encode_config
 from .progress import NO_PROGRESS, Progress
 from .remotes import HoldingsRecord, RemoteConfig, open_remote
 from .revisions import resolve_version
 from .transfer import (
+    DAMAGED_REMOTE,
     download_manifests,
     fetch_objects,
     manifest_object_keys,
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
 
 PULL_MARKER = "pull-in-progress"
 CLONE_MARKER = "clone-in-progress"
+_STAGING_PREFIX = ".egds-clone-"
 
 
 class PullResult(msgspec.Struct, frozen=True):
@@ -70,6 +74,8 @@ class CloneResult(msgspec.Struct, frozen=True):
     bytes_fetched: int
     resumed: bool = False
     """True when this call finished a clone that an earlier, interrupted one had started."""
+    already_cloned: bool = False
+    """True when the directory already held a finished clone of the URL (nothing was done)."""
 
 
 class Diverged(EgdsError):
@@ -166,19 +172,45 @@ def pending_pull(repo: Repository) -> PendingPull | None:
 
 def refuse_snapshot_during_pull(repo: Repository, cache: Path) -> None:
     """Called by snapshot (under the lock): an interrupted pull may have left the cache holding the
-    pulled version while `main` still names the old one; recording it would fork the history."""
+    pulled version while `main` still names the old one; recording it would fork the history. Only
+    that case is refused: a cache holding main's version, or the user's own edits, is recorded."""
     pending = pending_pull(repo)
-    if pending is None or cache != repo.cache_path:
+    if pending is None or cache != repo.cache_path or not repo.has_manifest(pending.id):
         return
-    from .cache import file_digests
+    if _cache_holds(repo, cache, pending.id) and not _cache_holds(repo, cache, repo.head()):
+        raise UsageError(
+            f"an interrupted `egds pull {pending.remote}` checked out v{pending.version} into {cache}, and main does "
+            f"not name it yet; run `egds pull {pending.remote}` to finish it, then snapshot"
+        )
 
-    stamp = repo.cache_stamp(cache)
-    if stamp is not None and stamp[0] == repo.head() and file_digests(cache) == stamp[1]:
-        return  # the cache provably still holds main's version: the pull never touched it
-    raise UsageError(
-        f"an interrupted `egds pull {pending.remote}` was checking out v{pending.version} into {cache}, and main does "
-        f"not name it yet; run `egds pull {pending.remote}` to finish it, then snapshot"
+
+def _cache_holds(repo: Repository, cache: Path, manifest_id: str | None) -> bool:
+    """Whether the cache's content is exactly version `manifest_id` (its stamp, else its content)."""
+    from .cache import file_digests
+    from .errors import CacheError
+
+    if manifest_id is None:
+        return False
+    digests = file_digests(cache)
+    if digests is None:
+        return False
+    for stamp in (repo.cache_stamp(cache), repo.partial_stamp(cache)):
+        if stamp is not None and stamp[-1] == digests:
+            return stamp[0] == manifest_id
+    from .cache import read_cache
+    from .ids import hash_bytes
+    from .snapshot import Fingerprint, analyse_cache
+
+    try:
+        contents = read_cache(cache)
+        partitioned, extras = analyse_cache(contents, repo.config.partitioning, allow_nonfinite=True)
+    except CacheError:
+        return False
+    mine = Fingerprint.of_cache(
+        partitioned, partitioned.partitions, hash_bytes(extras) if extras is not None else None,
+        hash_bytes(contents.index_bytes) if contents.index_bytes is not None else None,
     )
+    return Fingerprint.of_manifest(repo.manifest(manifest_id)) == mine
 
 
 def _ensure_cache_is_saved_for_pull(repo: Repository, name: str) -> None:
@@ -251,6 +283,9 @@ def clone(
     url = normalise_url(url, base)
     remote = open_remote(url)
     target = (base / (directory or Path(default_clone_directory(url)))).resolve()
+    finished = _finished_clone(target, url)
+    if finished is not None:
+        return finished
     resuming = _resumable_clone(target, url)
     remote_ref = read_remote_ref(remote)
     if remote_ref is None:
@@ -277,7 +312,10 @@ def clone(
         )
         # The directory is the clone's own (the marker says so), so an interrupted checkout's cache is
         # simply rewritten.
-        repo.checkout(manifest_id, partitions=keys if partitions is not None else None, force=True, progress=progress)
+        try:
+            repo.checkout(manifest_id, partitions=keys if partitions is not None else None, force=True, progress=progress)
+        except CorruptObject as exc:  # every object came from the remote: name it
+            raise CorruptObject(f"{exc}; it came from {url}, so {DAMAGED_REMOTE}") from None
         repo.store.write_ref("main", remote_ref)
         repo.store.write_ref("remotes/origin/main", remote_ref)
         marker = repo.store.root / CLONE_MARKER
@@ -343,11 +381,38 @@ def _resumable_clone(target: Path, url: str) -> PendingClone | None:
         return pending
     if pending is not None:
         raise UsageError(unfinished_clone_message(target, pending))
-    repo_dir = target / REPO_DIR
-    if entries == [repo_dir] and repo_dir.is_dir() and all(p.name.startswith(f".{CLONE_MARKER}.") for p in repo_dir.iterdir()):
-        # Killed after creating `.egds/` but before the marker was in place: nothing else was written.
-        return PendingClone(url=url, created=False)
+    if all(p.name.startswith(_STAGING_PREFIX) and p.name.endswith(".tmp") and p.is_dir() for p in entries):
+        # Killed while building `.egds/`, before it was renamed into place: nothing else was written.
+        for staging in entries:
+            shutil.rmtree(staging)
+        return None
     raise UsageError(f"{target} already exists and is not an empty directory; choose another DIR")
+
+
+def _finished_clone(target: Path, url: str) -> CloneResult | None:
+    """The result of a clone of `url` that already finished in `target` (a re-run after a kill that
+    came just after the marker was removed is then a no-op, not an error), else None."""
+    from .repo import REPO_DIR, Repository
+
+    if not (target / REPO_DIR / "config.json").is_file() or (target / REPO_DIR / CLONE_MARKER).exists():
+        return None
+    try:
+        repo = Repository.open(target)
+        if repo.root != target or repo.remotes.load().get("origin", RemoteConfig(url="")).url != url:
+            return None
+        head = repo.head()
+        if head is None:
+            return None
+        manifest = repo.manifest(head)
+    except EgdsError:
+        return None
+    partial = repo.partial_partitions(repo.cache_path)
+    keys = [p.key for p in manifest.partitions if partial is None or p.key in partial]
+    return CloneResult(
+        directory=str(target), url=url, version=manifest.version, id=head,
+        rows=sum(p.rows for p in manifest.partitions if p.key in set(keys)), partitions=keys,
+        partial=partial is not None, manifests_fetched=0, objects_fetched=0, bytes_fetched=0, already_cloned=True,
+    )
 
 
 def _existing_store(target: Path):  # noqa: ANN202 - a LocalStore, imported lazily
@@ -362,12 +427,19 @@ def _create_or_reopen(target: Path, url: str, head: Manifest, created: bool, res
     from .repo import DEFAULT_CACHE, REPO_DIR, Repository
 
     repo_dir = target / REPO_DIR
-    repo_dir.mkdir(parents=True, exist_ok=True)
-    if not (repo_dir / CLONE_MARKER).exists():
-        _write_json(repo_dir / CLONE_MARKER, PendingClone(url=url, created=created))
+    if not repo_dir.exists():
+        # `.egds/` appears with its marker already inside: built beside it, then renamed into place.
+        target.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target, prefix=_STAGING_PREFIX, suffix=".tmp"))
+        _write_json(staging / CLONE_MARKER, PendingClone(url=url, created=created))
+        os.replace(staging, repo_dir)
+        fsync_dir(target)
     config = Config(format=FORMAT_VERSION, cache=DEFAULT_CACHE, partitioning=head.partitioning, model=head.model)
     repo = Repository(target, config)
     repo.store.create_layout()
+    if resuming:
+        for leftover in repo.store.temp_files():  # of the interrupted run; this directory is the clone's own
+            leftover.unlink(missing_ok=True)
     atomic_write_bytes(repo_dir / "config.json", encode_config(config))
     if "origin" not in repo.remotes.load():
         repo.remotes.add("origin", RemoteConfig(url=url))

@@ -324,15 +324,26 @@ def fetch_objects(
     def download(item: tuple[str, str]) -> int:
         object_id, suffix = item
         key = object_key(object_id, suffix)
-        what = f"object {short(object_id)}{suffix}" + (f" ({labels[object_id]})" if labels and object_id in labels else "")
-        data = get_verified(
-            remote, key, object_id,
-            f"{remote.url}: {what} failed its hash check {DOWNLOAD_ATTEMPTS} times, so nothing was written; "
-            "try again later, or report the damaged remote to its owner",
-            sizes.get(object_id, MAX_JSON_OBJECT_BYTES) if suffix == PARQUET else MAX_JSON_OBJECT_BYTES,
-        )
+        label = labels.get(object_id) if labels else None
+        what = f"object {short(object_id)}{suffix}" + (f" ({label})" if label else "")
+        expected = sizes.get(object_id) if suffix == PARQUET else None
+        try:
+            data = get_verified(
+                remote, key, object_id,
+                f"{remote.url}: {what} failed its hash check {DOWNLOAD_ATTEMPTS} times, so nothing was written; "
+                "try again later, or report the damaged remote to its owner",
+                expected if expected is not None else MAX_JSON_OBJECT_BYTES,
+            )
+        except RemoteError as exc:
+            raise type(exc)(f"{label}: {exc}" if label else str(exc)) from None
         if data is None:
             raise MissingObject(f"{remote.url} lacks {what}; {INCOMPLETE_REMOTE}")
+        if expected is not None and len(data) != expected:
+            # The bytes are authentic (they hash to their name); the manifest entry that sized them is not.
+            raise CorruptObject(
+                f"{remote.url}: {what} is {len(data):,} bytes, but the manifest entry naming it says {expected:,}; "
+                f"{DAMAGED_REMOTE}"
+            )
         repo.store.put_object_bytes(data, suffix, verified_id=object_id)
         if record is not None:
             record.add(key)
