@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -147,6 +147,10 @@ class Repository:
             cached = decode_manifest(self.store.read_manifest_bytes(manifest_id), f"manifest {manifest_id[:12]}")
             self._manifests[manifest_id] = cached
         return cached
+
+    def remember_manifests(self, manifests: Iterable[tuple[str, Manifest]]) -> None:
+        """Manifests the caller has just verified and decoded (a fetch), so reads need not repeat it."""
+        self._manifests.update(manifests)
 
     def history(self) -> list[tuple[str, Manifest]]:
         """(id, manifest) from latest back to version 1."""

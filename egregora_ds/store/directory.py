@@ -34,17 +34,23 @@ class DirectoryRemote:
         if not self.root.is_dir():
             raise RemoteError(f"remote {self.root} is not a directory; use a directory path (or ia:IDENTIFIER) for the remote")
         found: dict[str, RemoteFile] = {}
-        for dirpath, _, filenames in os.walk(self.root):  # never follows a link to a directory
-            for name in filenames:
-                if name.startswith(".") and name.endswith(".tmp"):
-                    continue  # an upload in progress (or killed): not part of the remote
-                path = Path(dirpath) / name
-                try:
-                    status = path.lstat()
-                except OSError:
-                    continue  # removed while listing
-                if stat.S_ISREG(status.st_mode):
-                    found[path.relative_to(self.root).as_posix()] = RemoteFile(size=status.st_size)
+        pending = [(str(self.root), "")]
+        while pending:  # scandir, not os.walk + stat: one lstat per entry, none followed
+            directory, prefix = pending.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue  # removed or unreadable while listing
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, f"{prefix}{entry.name}/"))
+                elif entry.is_file(follow_symlinks=False):
+                    if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                        continue  # an upload in progress (or killed): not part of the remote
+                    try:
+                        found[prefix + entry.name] = RemoteFile(size=entry.stat(follow_symlinks=False).st_size)
+                    except OSError:
+                        continue
         return found
 
     def get(self, key: str, max_bytes: int) -> bytes | None:
