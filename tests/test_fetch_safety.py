@@ -57,6 +57,7 @@ spec = json.loads(sys.argv[1])
 real = {"replace": os.replace, "unlink": os.unlink}
 lock = threading.Lock()
 calls = {"replace": 0, "unlink": 0}
+paths = {"replace": [], "unlink": []}
 
 
 def pause(where):
@@ -75,6 +76,7 @@ def hooked(kind):
         with lock:
             calls[kind] += 1
             n = calls[kind]
+            paths[kind].append(str(path))
         if kind == spec.get("kind") and n == spec.get("pause_at"):
             pause(f"before {kind} {n}: {path}")
         return real[kind](path, *args, **kwargs)
@@ -85,6 +87,18 @@ os.replace = hooked("replace")
 os.unlink = hooked("unlink")
 from egregora_ds import Repository
 
+if spec.get("pause_in"):  # pause when a function is entered: "module:function"
+    import importlib
+    module_name, function_name = spec["pause_in"].split(":")
+    module = importlib.import_module(module_name)
+    original = getattr(module, function_name)
+
+    def paused(*args, **kwargs):
+        pause(f"entering {spec['pause_in']}")
+        return original(*args, **kwargs)
+
+    setattr(module, function_name, paused)
+
 if spec["op"] == "pull":
     Repository.open(spec["root"]).pull("origin")
 elif spec["op"] == "gc":
@@ -92,7 +106,7 @@ elif spec["op"] == "gc":
 elif spec["op"] == "clone":
     Repository.clone(spec["url"], spec["root"])
 if spec.get("count_file"):
-    Path(spec["count_file"]).write_text(json.dumps(calls))
+    Path(spec["count_file"]).write_text(json.dumps(paths))
 '''
 
 
@@ -124,11 +138,21 @@ def child_error(workdir: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def count_calls(script: Path, workdir: Path, kind: str, **spec: Any) -> int:
+def call_paths(script: Path, workdir: Path, kind: str, **spec: Any) -> list[str]:
+    """The path of every `kind` call ("replace" or "unlink") of a clean run, in order."""
     count_file = workdir / "calls.json"
     with running(script, workdir, count_file=str(count_file), **spec) as proc:
         assert proc.wait(timeout=TIMEOUT) == 0, child_error(workdir)
     return json.loads(count_file.read_text())[kind]
+
+
+def count_calls(script: Path, workdir: Path, kind: str, **spec: Any) -> int:
+    return len(call_paths(script, workdir, kind, **spec))
+
+
+def first_call(paths: list[str], fragment: str) -> int:
+    """The 1-based number of the first call whose path holds `fragment`."""
+    return next(n for n, path in enumerate(paths, 1) if fragment in path)
 
 
 def pause_and_kill(script: Path, workdir: Path, n: int, kind: str, **spec: Any) -> str:
@@ -271,9 +295,13 @@ def _pull_kill_sweep(child_script: Path, pull_world: PullWorld, tmp_path: Path, 
 def test_a_pull_killed_before_some_durable_step_leaves_main_naming_the_cache_and_a_rerun_completes_it(
     child_script: Path, pull_world: PullWorld, tmp_path: Path
 ) -> None:
-    counting = fresh(pull_world.behind, tmp_path / "count")
-    renames = count_calls(child_script, tmp_path, "replace", op="pull", root=str(counting))
-    _pull_kill_sweep(child_script, pull_world, tmp_path, sample(3, renames, seed=10) + [renames])
+    """The kill points that matter: the first manifest stored, the cache's journal (the checkout
+    commits), the first cache rename, state.json (the cache's stamp), and each ref."""
+    paths = call_paths(child_script, tmp_path, "replace", op="pull", root=str(fresh(pull_world.behind, tmp_path / "c")))
+    points = [first_call(paths, f) for f in ("/manifests/", ".egds-checkout.json", "embeddings.pkl", "state.json",
+                                             "/refs/.main", "/refs/remotes/origin/")]
+    seen = _pull_kill_sweep(child_script, pull_world, tmp_path, sorted(set(points)))
+    assert {"not started", "cache ahead"} <= set(seen.values()), seen
 
 
 @pytest.mark.slow
@@ -394,20 +422,21 @@ def test_a_pull_that_fails_moving_main_leaves_a_pending_pull_that_snapshot_refus
 def test_a_snapshot_racing_a_pull_waits_for_the_lock_instead_of_recording_a_revert(
     child_script: Path, pull_world: PullWorld, tmp_path: Path
 ) -> None:
+    """The pull is paused as its checkout starts (the cache still holds v1): a snapshot then must not
+    run, or it would record v1's content on top of whatever main names."""
     work = fresh(pull_world.behind, tmp_path / "work")
-    counting = fresh(pull_world.behind, tmp_path / "count")
-    renames = count_calls(child_script, tmp_path, "replace", op="pull", root=str(counting))
     marker = tmp_path / "marker"
-    with running(child_script, tmp_path, pause_at=renames - 1, kind="replace", op="pull", root=str(work)) as proc:
+    with running(child_script, tmp_path, pause_in="egregora_ds.checkout:checkout", op="pull", root=str(work)) as proc:
         deadline = time.monotonic() + TIMEOUT
         while not marker.exists():
             assert proc.poll() is None, child_error(tmp_path)
             assert time.monotonic() < deadline
             time.sleep(0.002)
         with pytest.raises(LockHeld):
-            Repository.open(work).snapshot("cron, while the pull is between its checkout and its refs")
+            Repository.open(work).snapshot("cron, while the pull is checking out")
         proc.kill()
         proc.wait(timeout=TIMEOUT)
+    assert Repository.open(work).head() == pull_world.v1
     check_after_interrupted_pull(work, pull_world)
 
 
