@@ -71,6 +71,11 @@ def verify(repo: Repository, *, deep: bool, progress: Progress) -> VerifyReport:
         refs[name] = target
         if target not in manifests and target not in store.manifest_ids():
             problems.append(f"ref {name} names manifest {short(target)}, which is missing")
+    from .clone import pending_pull
+
+    pending = pending_pull(repo)
+    if pending is not None and pending.id in manifests:
+        refs["pull-in-progress"] = pending.id  # what an interrupted pull checks out: kept, as gc keeps it
 
     reachable: set[str] = set()
     for name, target in refs.items():
@@ -112,9 +117,6 @@ def verify(repo: Repository, *, deep: bool, progress: Progress) -> VerifyReport:
             f"{len(orphans)} objects are not reachable from any ref (first: {short(orphans[0][0])}{orphans[0][1]}; left by "
             "an interrupted snapshot or pull, or by a version gc has not removed yet); `egds gc` removes them"
         )
-    from .clone import pending_pull
-
-    pending = pending_pull(repo)
     if pending is not None:
         notes.append(
             f"an interrupted `egds pull {pending.remote}` has not finished checking out v{pending.version} "
@@ -193,9 +195,14 @@ def gc(repo: Repository, *, dry_run: bool) -> GcResult:
     Runs under the write lock, so no snapshot can be between writing an object and its ref."""
     store = repo.store
     with store.locked():
+        from .clone import pending_pull
+
+        roots = [store.read_ref(name) for name in ["main", *store.ref_names("tags"), *store.ref_names("remotes")]]
+        pending = pending_pull(repo)
+        if pending is not None and repo.has_manifest(pending.id):
+            roots.append(pending.id)  # an interrupted pull's version: its re-run needs it, snapshot checks it
         reachable: set[str] = set()
-        for name in ["main", *store.ref_names("tags"), *store.ref_names("remotes")]:
-            current = store.read_ref(name)
+        for current in roots:
             while current is not None and current not in reachable:
                 reachable.add(current)
                 current = repo.manifest(current).parent

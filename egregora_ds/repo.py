@@ -105,7 +105,7 @@ class Repository:
         start = Path(path).resolve()
         for candidate in (start, *start.parents):
             config_file = candidate / REPO_DIR / "config.json"
-            if (candidate / REPO_DIR).is_dir():
+            if (candidate / REPO_DIR / "clone-in-progress").exists():  # clone.CLONE_MARKER
                 from .clone import pending_clone, unfinished_clone_message
 
                 pending = pending_clone(candidate)

@@ -408,6 +408,8 @@ def test_a_pull_that_fails_moving_main_leaves_a_pending_pull_that_snapshot_refus
             repo.pull("origin")
     assert repo.head() == pull_world.v1 and cache_bytes(repo.cache_path) == pull_world.v2_cache
     assert any("egds pull origin" in note for note in repo.verify().notes)
+    repo.gc()  # keeps what the pending pull checked out: snapshot still knows the cache is v2
+    assert repo.has_manifest(pull_world.v2) and repo.verify().ok
     done = subprocess.run([str(EGDS), "-C", str(repo.root), "snapshot", "-m", "cron"], capture_output=True, text=True,
                           timeout=TIMEOUT)
     assert done.returncode == 2 and "run `egds pull origin` to finish it" in done.stderr, done.stderr
