@@ -319,10 +319,15 @@ def test_a_pull_killed_at_random_moments_never_leaves_main_ahead_of_the_cache(pu
     clean = fresh(pull_world.behind, tmp_path / "timing")
     duration = timed_cli(["-C", str(clean), "pull"], tmp_path)
     rng = random.Random(20240611)
+    states: dict[str, int] = {}
     for k in range(KILLS):
         work = fresh(pull_world.behind, tmp_path / "work")
-        kill_at_random(["-C", str(work), "pull"], rng.uniform(0.2, duration), tmp_path)
-        check_after_interrupted_pull(work, pull_world)
+        finished = kill_at_random(["-C", str(work), "pull"], rng.uniform(duration / 2, duration), tmp_path)
+        state = "finished first" if finished is not None else check_after_interrupted_pull(work, pull_world)
+        if finished is not None:
+            check_after_interrupted_pull(work, pull_world)
+        states[state] = states.get(state, 0) + 1
+    print(f"pull: {KILLS} random kills: {states}")  # the long run's figures (pytest -s)
 
 
 def test_a_pull_on_a_full_disk_leaves_main_and_the_cache_at_the_old_version_and_a_rerun_completes_it(
@@ -535,10 +540,15 @@ def test_a_clone_killed_at_random_moments_is_finished_by_running_the_same_comman
 ) -> None:
     duration = timed_cli(["clone", clone_world.url, str(tmp_path / "timing")], tmp_path)
     rng = random.Random(20240612)
+    states: dict[str, int] = {}
     for k in range(KILLS):
         target = tmp_path / f"copy-{k}"
-        kill_at_random(["clone", clone_world.url, str(target)], rng.uniform(0.2, duration), tmp_path)
+        finished = kill_at_random(["clone", clone_world.url, str(target)], rng.uniform(duration / 2, duration), tmp_path)
+        state = ("finished first" if finished is not None else "left a marker" if (target / ".egds" / CLONE_MARKER).exists()
+                 else "left a directory" if target.exists() else "left nothing")
+        states[state] = states.get(state, 0) + 1
         check_resumed_clone(target, clone_world)
+    print(f"clone: {KILLS} random kills: {states}")  # the long run's figures (pytest -s)
 
 
 def test_an_unfinished_clone_of_another_url_is_refused_naming_the_command_that_finishes_it(
