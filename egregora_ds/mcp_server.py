@@ -309,8 +309,8 @@ def _pull(call: _Call, a: PullArgs) -> PullResult:
 def _clone(call: _Call, a: CloneArgs) -> CloneResult:
     """Create a new repository in `directory` (default: named after the URL) from a remote, no
     credentials needed, and rebuild its cache (only some partitions with `partitions`). Every byte is
-    verified. Touches nothing outside the new directory, which must not exist or be empty. Reports
-    progress."""
+    verified. Touches nothing outside the new directory, which must not exist or be empty (or hold an
+    interrupted clone of the same URL, which it finishes). Reports progress."""
     return Repository.clone(a.url, a.directory, rev=a.rev, partitions=a.partitions, progress=call.progress,
                             base=call.directory)
 

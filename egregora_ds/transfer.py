@@ -439,7 +439,8 @@ def fetch_for_checkout(repo: Repository, needed: list[tuple[str, str]], progress
     if not names:
         raise MissingObject(
             f"{len(missing)} objects of this version are not stored locally (first: {short(missing[0][0])}) "
-            "and no remote is configured to fetch them from; run `egds verify`"
+            "and no remote is configured to fetch them from; add a remote that has them (`egds remote add origin URL`) "
+            "and run the command again, or run `egds verify` to list what is missing"
         )
     last_error: EgdsError | None = None
     for name in names:

@@ -280,3 +280,14 @@ def test_a_pulled_manifest_naming_a_local_parent_with_another_version_number_is_
     with pytest.raises(CorruptObject, match=f"names parent {short(ids[-1])}, which is version 2 here"):
         clone.pull("origin")
     assert clone.head() == ids[-1]
+
+
+def test_a_checkout_needing_objects_with_no_remote_to_fetch_them_says_to_add_one(tmp_path: Path) -> None:
+    remote, ids = long_chain(tmp_path, 2)
+    origin = Repository.open(tmp_path / "origin")
+    key = origin.manifest(ids[0]).partitions[0].key
+    Repository.clone(str(remote), tmp_path / "copy", partitions=[key])
+    clone = Repository.open(tmp_path / "copy")
+    clone.remote_remove("origin")
+    with pytest.raises(EgdsError, match=r"add a remote that has them \(`egds remote add origin URL`\)"):
+        clone.checkout("latest", tmp_path / "full")
