@@ -156,7 +156,7 @@ def _finish_pull(repo: Repository, name: str, remote_ref: str) -> None:
     if repo.store.read_ref(f"remotes/{name}/main") != remote_ref:
         repo.store.write_ref(f"remotes/{name}/main", remote_ref)
     marker = repo.store.root / PULL_MARKER
-    if marker.exists():
+    if marker.exists() and pending_pull(repo) is None:  # it names this version (now main), or is unreadable
         marker.unlink()
         fsync_dir(marker.parent)
 

@@ -309,7 +309,8 @@ def verify_remote(repo: Repository, name: str, *, deep: bool, progress: Progress
         if listed is None or deep:
             to_download.append(key)
         if listed is not None:
-            problems.extend(_listing_problems(url, name, listed, key, item.what, item.size, item.local_md5(repo)))
+            local_md5 = item.local_md5(repo) if listed.md5 else None  # only a listing with md5s is worth the read
+            problems.extend(_listing_problems(url, name, listed, key, item.what, item.size, local_md5))
         progress.advance()
     progress.end()
 
