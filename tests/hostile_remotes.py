@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,6 @@ class Case:
     """Change the remote; return the needles the error line must hold besides the remote's URL."""
     needs: str | None = None
     """Why the case cannot pass yet (it waits for another part of egds), or None."""
-    tags: set[str] = field(default_factory=set)
 
 
 CASES: list[Case] = []
@@ -169,6 +168,7 @@ def case(name: str, *, needs: str | None = None) -> Callable[[Callable[[Remote],
 
 
 def _v2(remote: Remote) -> dict[str, Any]:
+    """A fresh copy of the honest head manifest (v2), to change."""
     return remote.head()
 
 
