@@ -337,11 +337,12 @@ def _keys(keys: list[str]) -> str:
 
 
 @app.command()
-def verify(deep: Annotated[bool, typer.Option("--deep", help="Also decode every Parquet object.")] = False,
+def verify(deep: Annotated[bool, typer.Option("--deep", help="Also decode every Parquet object (with --remote: download and re-hash every object).")] = False,
+           remote: Annotated[Optional[str], typer.Option("--remote", help="Check this remote's ref, manifests and objects instead.")] = None,
            json: JsonFlag = False) -> None:
     """Re-hash every object and manifest; check refs and the version chain."""
     repo = _run(_repo)
-    report = _run(lambda: repo.verify(deep=deep, progress=_RichProgress()))
+    report = _run(lambda: repo.verify(deep=deep, remote=remote, progress=_RichProgress()))
     if json:
         _print_json(report)
     else:
@@ -350,7 +351,9 @@ def verify(deep: Annotated[bool, typer.Option("--deep", help="Also decode every 
         for problem in report.problems:
             err.print(f"problem: {problem}", markup=False)
         verdict = "OK" if report.ok else f"{len(report.problems)} problems"
-        out.print(f"{verdict}: {report.objects} objects ({_size(report.bytes)}), {report.manifests} manifests checked")
+        where = f" on {report.remote} ({report.url})" if report.remote is not None else ""
+        out.print(f"{verdict}: {report.objects} objects ({_size(report.bytes)}), {report.manifests} manifests checked{where}",
+                  markup=False)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -504,8 +507,13 @@ def clone(
                                            base=state.directory))
     if json:
         return _print_json(result)
-    out.print(f"Cloned {result.url} into {result.directory}: v{result.version} ({result.id[:12]}), {result.rows} rows, "
-              f"{result.objects_fetched} objects ({_size(result.bytes_fetched)}) verified")
+    if result.already_cloned:
+        out.print(f"{result.directory} already is a clone of {result.url} (v{result.version}); "
+                  f"`egds -C {result.directory} pull` fetches newer versions", markup=False)
+        return
+    finished = " (finished the interrupted clone)" if result.resumed else ""
+    out.print(f"Cloned {result.url} into {result.directory}{finished}: v{result.version} ({result.id[:12]}), "
+              f"{result.rows} rows, {result.objects_fetched} objects ({_size(result.bytes_fetched)}) verified", markup=False)
     if result.partial:
         out.print(f"Partial clone: the cache holds only partitions {', '.join(result.partitions)}")
 

@@ -167,7 +167,8 @@ class CloneArgs(_Args):
 
 
 class VerifyArgs(_Args):
-    deep: _described(bool, "Also decode every Parquet object (slower).") = False
+    deep: _described(bool, "Also decode every Parquet object (slower); with remote, download and re-hash every object.") = False
+    remote: _described(str | None, "Check this remote (its ref, manifests and objects) instead of the local repository.") = None
 
 
 class GcArgs(_Args):
@@ -340,18 +341,20 @@ def _pull(call: _Call, a: PullArgs) -> PullResult:
 def _clone(call: _Call, a: CloneArgs) -> CloneResult:
     """Create a new repository in `directory` (default: named after the URL) from a remote, no
     credentials needed, and rebuild its cache (only some partitions with `partitions`). Every byte is
-    verified. Touches nothing outside the new directory, which must not exist or be empty. Reports
-    progress."""
+    verified. Touches nothing outside the new directory, which must not exist or be empty (or hold an
+    interrupted clone of the same URL, which it finishes). Reports progress."""
     return Repository.clone(a.url, a.directory, rev=a.rev, partitions=a.partitions, progress=call.progress,
                             base=call.directory)
 
 
-@_tool("verify", "Check integrity", VerifyArgs, VerifyReport, read_only=True, progress=True)
+@_tool("verify", "Check integrity", VerifyArgs, VerifyReport, read_only=True, open_world=True, progress=True)
 def _verify(call: _Call, a: VerifyArgs) -> VerifyReport:
     """Re-hash every stored object and manifest and check the refs and the version chain; `ok: false`
-    lists the problems. Use it after a crash, a copy, or an error that mentions corruption. Changes
-    nothing. Reports progress."""
-    return call.repo().verify(deep=a.deep, progress=call.progress)
+    lists the problems. Use it after a crash, a copy, or an error that mentions corruption. With
+    `remote`, check what that remote serves instead: its ref, every manifest (downloaded and
+    re-hashed) and every object its versions name (listed with the right size and md5; missing,
+    unlisted or damaged ones are problems). Changes nothing. Reports progress."""
+    return call.repo().verify(deep=a.deep, remote=a.remote, progress=call.progress)
 
 
 @_tool("gc", "Delete unreachable data", GcArgs, GcResult, destructive=True)

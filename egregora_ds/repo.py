@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,6 +123,12 @@ class Repository:
         start = Path(path).resolve()
         for candidate in (start, *start.parents):
             config_file = candidate / REPO_DIR / "config.json"
+            if (candidate / REPO_DIR / "clone-in-progress").exists():  # clone.CLONE_MARKER
+                from .clone import pending_clone, unfinished_clone_message
+
+                pending = pending_clone(candidate)
+                if pending is not None:  # an interrupted clone: finishing it is the only next step
+                    raise UsageError(unfinished_clone_message(candidate, pending))
             if config_file.is_file():
                 try:
                     return cls(candidate, decode_config(config_file.read_bytes(), str(config_file)))
@@ -192,6 +198,10 @@ class Repository:
             cached = decode_manifest(self.store.read_manifest_bytes(manifest_id), f"manifest {manifest_id[:12]}")
             self._manifests[manifest_id] = cached
         return cached
+
+    def remember_manifests(self, manifests: Iterable[tuple[str, Manifest]]) -> None:
+        """Manifests the caller has just verified and decoded (a fetch), so reads need not repeat it."""
+        self._manifests.update(manifests)
 
     def history(self) -> list[tuple[str, Manifest]]:
         """(id, manifest) from latest back to version 1."""
@@ -355,9 +365,12 @@ class Repository:
 
         return diff(self, a, b, with_ids=ids)
 
-    def verify(self, *, deep: bool = False, progress: Progress = NO_PROGRESS) -> VerifyReport:
-        from .maintenance import verify
+    def verify(self, *, deep: bool = False, remote: str | None = None, progress: Progress = NO_PROGRESS) -> VerifyReport:
+        """Check the local repository, or with `remote` that remote's ref, manifests and objects."""
+        from .maintenance import verify, verify_remote
 
+        if remote is not None:
+            return verify_remote(self, remote, deep=deep, progress=progress)
         return verify(self, deep=deep, progress=progress)
 
     def gc(self, *, dry_run: bool = False) -> GcResult:

@@ -150,6 +150,11 @@ class VerifyReport(msgspec.Struct, frozen=True):
     bytes: int
     problems: list[str]
     notes: list[str]
+    remote: str | None = None
+    """`verify --remote NAME`: the remote checked (None: the local repository)."""
+    url: str | None = None
+    version: int | None = None
+    """`verify --remote`: the version the remote's ref names (None if it names none)."""
 
 
 class GcResult(msgspec.Struct, frozen=True):

@@ -87,6 +87,9 @@ def snapshot(
     model = model or repo.config.model
     with repo.store.locked():
         head = repo.head()
+        from .clone import refuse_snapshot_during_pull
+
+        refuse_snapshot_during_pull(repo, cache_path)  # an interrupted pull's cache is not main's version
         parent = repo.manifest(head) if head else None
         require_cache_directory(repo, cache_path)
         digests = file_digests(cache_path)

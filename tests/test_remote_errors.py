@@ -742,7 +742,7 @@ def test_a_pull_into_a_diverged_repository_is_refused_and_keeps_its_ref_and_cach
     cache_before, log_before = dir_tree(second.cache_path), second.log()
     with pytest.raises(Diverged) as raised, pushed.backend.anonymous():
         second.pull("origin")
-    assert_message(raised.value, "diverged", "origin", "clone the remote elsewhere")
+    message = assert_message(raised.value, "diverged", "origin", "`egds clone ")
     assert second.head() == local_v2 and second.log() == log_before
     assert second.store.read_ref("remotes/origin/main") == pushed.v1
     assert dir_tree(second.cache_path) == cache_before
@@ -750,6 +750,13 @@ def test_a_pull_into_a_diverged_repository_is_refused_and_keeps_its_ref_and_cach
     code, line = cli_error(second.root, "pull")
     assert code == 1 and "diverged" in line
     assert second.head() == local_v2 and dir_tree(second.cache_path) == cache_before
+    # The advice runs as written: the suggested clone holds the remote's history beside this one.
+    suggested = re.search(r"`egds clone (\S+) (\S+)`", message)
+    assert suggested is not None, message
+    with pushed.backend.anonymous():
+        ran = CliRunner().invoke(app, ["clone", suggested.group(1), suggested.group(2)])
+    assert ran.exit_code == 0, ran.output
+    assert Repository.open(suggested.group(2)).head() == pushed.backend.remote().get(REF_KEY, 128).decode().strip()
 
 
 @pytest.mark.parametrize("remote_backend", ["directory"], indirect=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from ..errors import CorruptObject, LockHeld, MissingObject
 from ..ids import JSON, PARQUET, fanout_path, hash_bytes, hash_file, is_object_id, short
 
 OBJECT_SUFFIXES = (PARQUET, JSON)
+#: The repository locks this thread holds (by real path), so a nested `locked()` does not deadlock.
+_LOCKS_HELD = threading.local()
 
 
 class LocalStore:
@@ -190,7 +193,22 @@ class LocalStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """The single-writer lock. flock is released by the kernel when the process dies, so a
-        killed egds never leaves a stale lock behind."""
+        killed egds never leaves a stale lock behind. Re-entrant within a thread: pull holds it
+        from its first read to its last ref and checks out inside it."""
+        held = _LOCKS_HELD.__dict__.setdefault("roots", set())
+        key = os.path.realpath(self.root)
+        if key in held:
+            yield
+            return
+        held.add(key)
+        try:
+            with self._flock():
+                yield
+        finally:
+            held.discard(key)
+
+    @contextlib.contextmanager
+    def _flock(self) -> Iterator[None]:
         path = self.root / "lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
