@@ -120,7 +120,7 @@ def decode_manifest(data: bytes, where: str, advice: str = "run `egds verify`") 
         raise CorruptObject(f"{where} is not valid: {_one_line(exc)}; {advice}") from None
     problem = manifest_problem(manifest)
     if problem is not None:
-        raise CorruptObject(f"{where} is not valid: {problem}; {advice}")
+        raise CorruptObject(f"{where} (version {manifest.version}) is not valid: {problem}; {advice}")
     return manifest
 
 
@@ -145,7 +145,7 @@ def manifest_problem(m: Manifest) -> str | None:
     key_pattern = _PARTITION_KEY[m.partitioning]
     previous = None
     for entry in m.partitions:
-        label = f"partition {_shown(entry.key)}"
+        label = f"partition {_shown(entry.key)} (object {entry.object[:12]})"
         if not key_pattern.fullmatch(entry.key):
             return f"{label} is not a {m.partitioning} key"
         if previous is not None and entry.key <= previous:
@@ -206,4 +206,4 @@ def _check_format(data: bytes, where: str, advice: str = "run `egds verify`") ->
             f"use an egds that reads format {probe.format} (upgrade it from its source)"
         )
     if probe.format < 1:
-        raise CorruptObject(f"{where} has invalid format {probe.format}")
+        raise CorruptObject(f"{where} has invalid format {probe.format} (formats start at 1), so no egds wrote it; {advice}")

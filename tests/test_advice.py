@@ -7,6 +7,8 @@ written (a NAME-like placeholder filled in), and checks that they lead where the
 
 from __future__ import annotations
 
+import threading
+
 import re
 from pathlib import Path
 from typing import Any
@@ -158,8 +160,23 @@ def test_a_missing_cache_the_advice_points_egds_at_it(two_versions: Repository) 
 
 def test_a_held_lock_says_to_wait_and_the_same_command_then_succeeds(two_versions: Repository) -> None:
     edit(two_versions, 50, "waiting")
-    with two_versions.store.locked():
+    # Another writer holds the lock: a thread of its own stands in for another process (the lock is
+    # re-entrant only within the thread that holds it).
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with two_versions.store.locked():
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(30)
         message = refused(two_versions.root, "snapshot", code=1)
+    finally:
+        release.set()
+        holder.join(30)
     assert "wait for it to finish and try again" in message
     egds(two_versions.root, "snapshot")
     assert two_versions.log()[0].version == 3
