@@ -340,9 +340,28 @@ def repository_files(root: Path) -> dict[str, bytes]:
         if name in ("lock", "state.json") or name.startswith("tmp/") or _is_temp(name):
             continue
         if name.endswith(".known"):
-            data = b"\n".join(sorted(set(data.splitlines())))
+            data = _holdings(data)
         found[name] = data
     return found
+
+
+def _holdings(data: bytes) -> bytes:
+    """A holdings record as what it says (each key's last state), without its times and its order:
+    two runs that know the same about a remote compare equal."""
+    last: dict[bytes, bytes] = {}
+    for line in data.splitlines():
+        if not line or line.startswith(b"#"):
+            continue
+        parts = line.split(b" ", 2)
+        state, key = (parts[0], parts[2]) if len(parts) == 3 else (b"U", line)
+        last[key] = state
+    return b"\n".join(state + b" " + key for key, state in sorted(last.items()))
+
+
+def remote_files(root: Path) -> dict[str, bytes]:
+    """A directory remote's files; its lock file holds the last holder's pid and host, so only its
+    presence is compared."""
+    return {name: (b"<lock>" if name == "egds/lock" else data) for name, data in directory_files(root).items()}
 
 
 def _is_temp(name: str) -> bool:

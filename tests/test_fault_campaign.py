@@ -26,6 +26,7 @@ from fault_campaign import (
     referenced_bytes_missing,
     directory_files,
     dump_scoreboards,
+    remote_files,
     remote_ref_problems,
     repository_files,
     silent_revert,
@@ -200,7 +201,7 @@ def operations(t: Templates) -> dict[str, Operation]:
         "push-dir",
         prepare=push_dir_prepare,
         argv=lambda trial: ["-C", str(trial.root / "repo"), "push", "bk"],
-        outcome=lambda trial: directory_files(trial.root / "remote"),
+        outcome=lambda trial: remote_files(trial.root / "remote"),
         invariants=lambda trial: verify_problems(trial.root / "repo")
         + remote_ref_problems(directory_files(trial.root / "remote"), "the directory remote"),
     )
@@ -228,8 +229,8 @@ def operations(t: Templates) -> dict[str, Operation]:
 
     def clone_invariants(trial: Trial) -> list[str]:
         copy = trial.root / "copy"
-        if not (copy / ".egds" / "config.json").is_file():
-            return []  # killed before the repository existed: nothing to check yet
+        if not (copy / ".egds" / "config.json").is_file() or (copy / ".egds" / "clone-in-progress").is_file():
+            return []  # killed before the clone was complete: every command says to re-run it (checked by the re-run)
         return repo_checks(copy, {"no cache yet": None, "v2": t.co_v2})
 
     clone_dir = Operation(
