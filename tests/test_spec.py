@@ -1,4 +1,5 @@
-"""SPEC.md and the code cannot drift: its field tables, limits, constants, record formats and exit codes are checked against the code."""
+"""SPEC.md and the code cannot drift: its field tables, limits, constants, record formats and exit codes
+are checked against the code."""
 
 from __future__ import annotations
 
