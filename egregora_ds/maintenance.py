@@ -341,7 +341,11 @@ def verify_remote(repo: Repository, name: str, *, deep: bool, progress: Progress
         progress.end()
     problems.extend(p for p in found if p is not None)
 
-    named = set(expected) | {manifest_key(i) for i, _, _ in chain} | {REF_KEY}
+    from .push import CARD_SETTINGS_KEY
+    from .store.directory import LOCK_KEY
+
+    # The card's settings and a directory remote's lock are egds's own files too (SPEC.md §14.1).
+    named = set(expected) | {manifest_key(i) for i, _, _ in chain} | {REF_KEY, CARD_SETTINGS_KEY, LOCK_KEY}
     stray = sorted(k for k in inventory if k.startswith("egds/") and k not in named)
     if stray:
         notes.append(

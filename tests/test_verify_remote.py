@@ -127,6 +127,17 @@ def test_verify_remote_notes_files_no_version_names_without_failing(directory: A
     assert any("named by no version" in note and "harmless" in note for note in report.notes), report.notes
 
 
+
+@pytest.mark.parametrize("kind", ["directory", "memory"])
+def test_verify_remote_of_a_remote_push_just_wrote_notes_nothing_about_egds_own_files(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # egds/card.json (every push) and egds/lock (directory remotes) are egds's own (SPEC.md §14.1),
+    # not files "left by an interrupted or a competing push".
+    publish(repo, make_backend(kind, tmp_path, monkeypatch))
+    report = repo.verify(remote="origin")
+    assert report.ok and report.notes == [], report.notes
+
 def test_verify_remote_of_an_unknown_remote_names_the_known_ones(directory: Any) -> None:
     repo, _, _, _ = directory
     with pytest.raises(UsageError, match="no remote named 'nope'"):
